@@ -1,0 +1,208 @@
+"""ANNA: Approximate Nearest Neighbour Attention by LSH bucketing and sort-based grouping.
+
+Query i may attend to key j iff they share a bucket in at least one of `num_tables` hash tables; each
+table concatenates `num_hashes` random-hyperplane sign bits. Queries and keys are hashed separately with
+the same projections. Per table and per (batch, head):
+
+  1. sort queries and keys by the int32 key `bucket * n + position`,
+  2. cut the sorted queries into chunks of `chunk_size`; each chunk reads a window of `window` sorted keys
+     that starts at the first key of the chunk's lowest bucket,
+  3. inside the window keep only pairs whose buckets match (and the padding / causal masks),
+  4. unsort, and merge the tables with a running logsumexp.
+
+A pair seen in an earlier table is masked out of later ones, so the softmax is over the UNION of the
+colliding keys (a key colliding in several tables counts once). Nothing of size n x n is built: the work
+is O(n * window) per table and head. Collisions that fall outside a window are counted and reported as
+`dropped_fraction`; when it is zero the output equals the dense-mask oracle (`anna_jax.oracle`).
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_NEG = -1e30  # finite "minus infinity": exp(_NEG - _NEG) stays 1, never NaN
+_SCORE_BUDGET = 1 << 25  # score-tile elements per step of the (batch * head) loop: bounds memory
+
+
+@dataclasses.dataclass(frozen=True)
+class ANNAConfig:
+  num_tables: int = 4  # l: independent hash tables
+  num_hashes: int = 3  # z: sign bits per table, 2**z buckets
+  chunk_size: int = 64  # sorted queries per chunk
+  window: int = 128  # sorted keys each chunk reads (clipped to the padded length)
+  weighting: str = 'softmax'  # 'softmax' or 'uniform' over the colliding keys
+  resample_hashes: bool = False  # False: projections fixed per layer; True: redrawn every call
+
+  def validate(self):
+    if self.num_tables < 1 or self.num_hashes < 0:
+      raise ValueError(f'ANNA needs num_tables >= 1 and num_hashes >= 0, got {self.num_tables}, {self.num_hashes}')
+    if self.chunk_size < 1 or self.window < 1:
+      raise ValueError(f'ANNA needs chunk_size >= 1 and window >= 1, got {self.chunk_size}, {self.window}')
+    if self.weighting not in ('softmax', 'uniform'):
+      raise ValueError(f"ANNA weighting must be 'softmax' or 'uniform', got {self.weighting!r}")
+
+
+class ANNAStats(NamedTuple):
+  collisions: jax.Array  # (query, key, table) collisions allowed by the masks, summed
+  dropped: jax.Array  # of those, the ones outside the query's window
+
+  @property
+  def dropped_fraction(self):
+    return self.dropped / jnp.maximum(self.collisions, 1.0)
+
+
+def draw_projections(key, num_heads, head_dim, config):
+  """Random hyperplanes, shape (heads, tables, head_dim, hashes)."""
+  return jax.random.normal(key, (num_heads, config.num_tables, head_dim, config.num_hashes), jnp.float32)
+
+
+def hash_buckets(x, projections):
+  """Bucket ids of x (batch, n, heads, dim): (batch, heads, tables, n) int32 in [0, 2**hashes).
+
+  Cost O(n * dim * hashes * tables): the number of buckets never enters a matmul.
+  """
+  bits = jnp.einsum('bnhd,hldz->bhlnz', x, projections.astype(x.dtype)) > 0
+  weights = 2 ** jnp.arange(projections.shape[-1], dtype=jnp.int32)
+  return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
+
+
+class _Route(NamedTuple):
+  """Where one table puts every query and key of one (batch, head); all int32 of length n unless noted."""
+  q_order: jax.Array  # sorted slot -> query position
+  q_rank: jax.Array  # query position -> sorted slot
+  k_order: jax.Array
+  k_rank: jax.Array
+  window_start: jax.Array  # (n_chunks,) first sorted key each query chunk reads
+  q_window_start: jax.Array  # query position -> window_start of its chunk
+  q_bucket: jax.Array  # bucket per query position, padding -> sentinel
+  k_bucket: jax.Array
+  collisions: jax.Array  # per query position: keys sharing its bucket (after masks)
+
+
+def _route(q_bucket, k_bucket, q_valid, k_valid, num_buckets, chunk, window, causal):
+  n = q_bucket.shape[0]
+  pos = jnp.arange(n, dtype=jnp.int32)
+  # Padding goes to a sentinel bucket past the real ones, so it sorts last and never matches a real bucket.
+  q_bucket = jnp.where(q_valid, q_bucket, num_buckets)
+  k_bucket = jnp.where(k_valid, k_bucket, num_buckets)
+  q_keys, q_order = jax.lax.sort_key_val(q_bucket * n + pos, pos)
+  k_keys, k_order = jax.lax.sort_key_val(k_bucket * n + pos, pos)
+  q_rank = jnp.zeros_like(pos).at[q_order].set(pos)
+  k_rank = jnp.zeros_like(pos).at[k_order].set(pos)
+  chunk_bucket = q_keys[::chunk] // n
+  window_start = jnp.searchsorted(k_keys, chunk_bucket * n, side='left').astype(jnp.int32)
+  window_start = jnp.clip(window_start, 0, n - window)
+  q_window_start = window_start[q_rank // chunk]
+  # Exact number of keys colliding with each query in this table, from the sorted keys alone.
+  first = jnp.searchsorted(k_keys, q_bucket * n, side='left')
+  if causal:
+    last = jnp.searchsorted(k_keys, q_bucket * n + pos, side='right')
+  else:
+    last = jnp.searchsorted(k_keys, (q_bucket + 1) * n, side='left')
+  collisions = jnp.where(q_valid, last - first, 0)
+  return _Route(q_order, q_rank, k_order, k_rank, window_start, q_window_start, q_bucket, k_bucket, collisions)
+
+
+def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_buckets, chunk, window, causal,
+                   weighting, scale):
+  """q, k, v: (n, d); buckets: (tables, n). Returns output (n, d), collisions, dropped (scalars)."""
+  n, d = q.shape
+  num_tables = q_buckets.shape[0]
+  n_chunks = n // chunk
+  routes = jax.vmap(lambda qb, kb: _route(qb, kb, q_valid, k_valid, num_buckets, chunk, window, causal))(
+      q_buckets, k_buckets)
+
+  def table_step(carry, xs):
+    m_acc, num_acc, den_acc = carry
+    t, r = xs
+    q_pos = r.q_order.reshape(n_chunks, chunk)
+    k_pos = r.k_order[r.window_start[:, None] + jnp.arange(window)]  # (n_chunks, window)
+    allowed = r.q_bucket[q_pos][:, :, None] == r.k_bucket[k_pos][:, None, :]
+    allowed &= q_valid[q_pos][:, :, None] & k_valid[k_pos][:, None, :]
+    if causal:
+      allowed &= k_pos[:, None, :] <= q_pos[:, :, None]
+    in_window = jnp.sum(allowed, dtype=jnp.float32)
+    # Union semantics: drop pairs that an earlier table already attended (same bucket AND inside that
+    # table's window for the query), so each key is counted once.
+    earlier = (jnp.arange(num_tables) < t)[:, None, None, None]
+    seen = routes.q_bucket[:, q_pos][..., None] == routes.k_bucket[:, k_pos][:, :, None, :]
+    q_start = routes.q_window_start[:, q_pos][..., None]
+    k_rank = routes.k_rank[:, k_pos][:, :, None, :]
+    seen &= (q_start <= k_rank) & (k_rank < q_start + window)
+    new = allowed & ~jnp.any(seen & earlier, axis=0)
+
+    if weighting == 'softmax':
+      scores = jnp.einsum('cqd,cwd->cqw', q[q_pos], k[k_pos]) * scale
+      m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, _NEG), axis=-1))
+      p = jnp.exp(jnp.where(new, scores - m[..., None], _NEG))  # where inside exp: finite grads
+    else:
+      m = jnp.zeros((n_chunks, chunk), q.dtype)
+      p = new.astype(q.dtype)
+    num = jnp.einsum('cqw,cwd->cqd', p, v[k_pos]).reshape(n, d)[r.q_rank]
+    den = jnp.sum(p, axis=-1).reshape(n)[r.q_rank]
+    m = m.reshape(n)[r.q_rank]
+    # Merge this table into the running (max, numerator, denominator): a logsumexp merge.
+    m_new = jnp.maximum(m_acc, m)
+    a, b = jnp.exp(m_acc - m_new), jnp.exp(m - m_new)
+    carry = (m_new, num_acc * a[:, None] + num * b[:, None], den_acc * a + den * b)
+    return carry, in_window
+
+  init = (jnp.full((n,), _NEG, q.dtype), jnp.zeros((n, d), q.dtype), jnp.zeros((n,), q.dtype))
+  (_, num, den), in_window = jax.lax.scan(table_step, init, (jnp.arange(num_tables), routes))
+  out = num / jnp.where(den > 0, den, 1.0)[:, None]  # a query with no colliding key outputs zeros
+  collisions = jnp.sum(routes.collisions, dtype=jnp.float32)
+  return out, collisions, collisions - jnp.sum(in_window)
+
+
+def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
+  """ANNA over q, k, v of shape (batch, n, heads, head_dim).
+
+  Args:
+    projections: (heads, tables, head_dim, hashes) hyperplanes, see `draw_projections`.
+    config: ANNAConfig (chunk_size, window, weighting are read here).
+    mask: optional (batch, n) bool, True for real tokens. Padded queries output zeros.
+    causal: query i only sees keys j <= i.
+  Returns:
+    (output of shape (batch, n, heads, head_dim), ANNAStats)
+  """
+  config.validate()
+  batch, n, heads, dim = q.shape
+  num_hashes = projections.shape[-1]
+  chunk = config.chunk_size
+  n_pad = -(-n // chunk) * chunk
+  window = min(config.window, n_pad)
+  if (2**num_hashes + 1) * n_pad >= 2**31:
+    raise ValueError(f'ANNA sort key overflows int32: (2**{num_hashes} + 1) * {n_pad} >= 2**31; '
+                     'use fewer hashes or a shorter sequence')
+  valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
+  q_buckets = hash_buckets(q, projections)  # (batch, heads, tables, n)
+  k_buckets = hash_buckets(k, projections)
+
+  pad = n_pad - n
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    q_buckets, k_buckets = (jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad))) for x in (q_buckets, k_buckets))
+    valid = jnp.pad(valid, ((0, 0), (0, pad)))
+
+  def per_head(x):
+    return x.transpose(0, 2, 1, 3).reshape(batch * heads, n_pad, dim)
+
+  def flat(x):
+    return x.reshape((batch * heads,) + x.shape[2:])
+
+  valid_bh = jnp.repeat(valid, heads, axis=0)
+  one_head = lambda xs: _anna_one_head(
+      *xs, num_buckets=2**num_hashes, chunk=chunk, window=window, causal=causal,
+      weighting=config.weighting, scale=1.0 / math.sqrt(dim))
+  # Heads run in groups so that one group's score tiles stay under _SCORE_BUDGET elements.
+  heads_per_step = max(1, min(batch * heads, _SCORE_BUDGET // (n_pad * window)))
+  out, collisions, dropped = jax.lax.map(
+      one_head,
+      (per_head(q), per_head(k), per_head(v), flat(q_buckets), flat(k_buckets), valid_bh, valid_bh),
+      batch_size=heads_per_step)
+  out = out.reshape(batch, heads, n_pad, dim).transpose(0, 2, 1, 3)[:, :n]
+  stats = ANNAStats(jax.lax.stop_gradient(jnp.sum(collisions)), jax.lax.stop_gradient(jnp.sum(dropped)))
+  return out, stats

@@ -1,0 +1,101 @@
+"""A pre-LayerNorm transformer encoder whose attention core is a config choice, with a per-token head."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from anna_jax.attention import AttentionConfig, make_attention
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int  # input tokens 0..vocab_size-1
+  num_classes: int  # per-token output classes
+  max_len: int  # longest input, for the positional encoding
+  depth: int = 2  # transformer blocks
+  width: int = 128  # residual stream width
+  num_heads: int = 4
+  mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * width
+  positional: str = 'learned'  # 'learned' or 'sinusoidal'
+  causal: bool = False  # token i sees only tokens j <= i
+  attention: AttentionConfig = AttentionConfig()
+
+  def validate(self):
+    if self.depth < 1 or self.width < 1 or self.num_heads < 1:
+      raise ValueError(f'depth, width and num_heads must be >= 1, got {self.depth}, {self.width}, {self.num_heads}')
+    if self.width % self.num_heads:
+      raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}')
+    if self.positional not in ('learned', 'sinusoidal'):
+      raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {self.positional!r}")
+    self.attention.validate()
+
+
+def sinusoidal_encoding(max_len, width):
+  pos = np.arange(max_len)[:, None]
+  freq = np.exp(-np.log(10000.0) * np.arange(0, width, 2) / width)
+  enc = np.zeros((max_len, width), np.float32)
+  enc[:, 0::2] = np.sin(pos * freq)
+  enc[:, 1::2] = np.cos(pos * freq)[:, : width // 2]
+  return jnp.asarray(enc)
+
+
+class MultiHeadAttention(nnx.Module):
+  def __init__(self, config: TransformerConfig, *, rngs):
+    self.num_heads = config.num_heads
+    self.head_dim = config.width // config.num_heads
+    self.qkv = nnx.Linear(config.width, 3 * config.width, rngs=rngs)
+    self.out = nnx.Linear(config.width, config.width, rngs=rngs)
+    self.core = make_attention(config.attention, self.num_heads, self.head_dim, rngs=rngs)
+
+  def __call__(self, x, mask, causal):
+    batch, n, _ = x.shape
+    q, k, v = jnp.split(self.qkv(x).reshape(batch, n, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    y, stats = self.core(q, k, v, mask=mask, causal=causal)
+    return self.out(y.reshape(batch, n, -1)), stats
+
+
+class Block(nnx.Module):
+  def __init__(self, config: TransformerConfig, *, rngs):
+    self.norm1 = nnx.LayerNorm(config.width, rngs=rngs)
+    self.attention = MultiHeadAttention(config, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(config.width, rngs=rngs)
+    self.mlp_in = nnx.Linear(config.width, config.mlp_ratio * config.width, rngs=rngs)
+    self.mlp_out = nnx.Linear(config.mlp_ratio * config.width, config.width, rngs=rngs)
+
+  def __call__(self, x, mask, causal):
+    y, stats = self.attention(self.norm1(x), mask, causal)
+    x = x + y
+    return x + self.mlp_out(jax.nn.gelu(self.mlp_in(self.norm2(x)))), stats
+
+
+class Transformer(nnx.Module):
+  """tokens (batch, n) int -> (logits (batch, n, num_classes), stats averaged over layers)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs):
+    config.validate()
+    self.config = config
+    self.embed = nnx.Embed(config.vocab_size, config.width, rngs=rngs)
+    if config.positional == 'learned':
+      self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.max_len, config.width)))
+    else:
+      self.position = nnx.Variable(sinusoidal_encoding(config.max_len, config.width))
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.depth)])
+    self.norm = nnx.LayerNorm(config.width, rngs=rngs)
+    self.head = nnx.Linear(config.width, config.num_classes, rngs=rngs)
+
+  def __call__(self, tokens, mask=None):
+    n = tokens.shape[1]
+    if n > self.config.max_len:
+      raise ValueError(f'sequence length {n} exceeds max_len {self.config.max_len}')
+    if mask is None:
+      mask = jnp.ones(tokens.shape, bool)
+    x = self.embed(tokens) + self.position[...][:n]
+    layer_stats = []
+    for block in self.blocks:
+      x, stats = block(x, mask, self.config.causal)
+      layer_stats.append(stats)
+    stats = {name: jnp.mean(jnp.stack([s[name] for s in layer_stats])) for name in layer_stats[0]}
+    return self.head(self.norm(x)), stats

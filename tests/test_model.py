@@ -1,0 +1,75 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from anna_jax import ANNAConfig, AttentionConfig, Transformer, TransformerConfig
+
+ANNA = AttentionConfig(kind='anna', anna=ANNAConfig(num_tables=2, num_hashes=2, chunk_size=8, window=16))
+
+
+def config(**overrides):
+  base = TransformerConfig(vocab_size=10, num_classes=3, max_len=32, depth=2, width=16, num_heads=2)
+  return dataclasses.replace(base, **overrides)
+
+
+@pytest.mark.parametrize('attention', [AttentionConfig(kind='full'), ANNA, AttentionConfig(kind='lowrank')])
+@pytest.mark.parametrize('positional', ['learned', 'sinusoidal'])
+def test_forward_and_gradients(attention, positional):
+  model = Transformer(config(attention=attention, positional=positional, causal=True), rngs=nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, 10)
+  logits, stats = model(tokens, jnp.arange(20)[None, :] < jnp.array([[20], [13]]))
+  assert logits.shape == (2, 20, 3) and bool(jnp.all(jnp.isfinite(logits)))
+  assert ('dropped_fraction' in stats) == (attention.kind == 'anna')
+
+  def loss(model):
+    return jnp.mean(model(tokens)[0] ** 2)
+
+  grads = nnx.grad(loss)(model)
+  leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+  assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+
+
+def test_same_seed_same_model_and_hash_projections_are_not_trained():
+  a = Transformer(config(attention=ANNA), rngs=nnx.Rngs(3))
+  b = Transformer(config(attention=ANNA), rngs=nnx.Rngs(3))
+  for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+    np.testing.assert_array_equal(x, y)
+  params = nnx.state(a, nnx.Param)
+  assert not any('projections' in str(path) for path, _ in nnx.to_flat_state(params))
+
+
+def test_resampled_hashes_change_between_calls_fixed_ones_do_not():
+  tokens = jax.random.randint(jax.random.key(1), (1, 32), 0, 10)
+  resampling = dataclasses.replace(ANNA, anna=dataclasses.replace(ANNA.anna, resample_hashes=True))
+  for attention, should_change in ((ANNA, False), (resampling, True)):
+    model = Transformer(config(attention=attention), rngs=nnx.Rngs(0))
+    first, second = model(tokens)[0], model(tokens)[0]
+    assert bool(jnp.any(first != second)) == should_change
+
+
+def test_full_attention_weights_load_into_anna_model():
+  # The paper's recipe: train with softmax attention, evaluate with ANNA swapped in.
+  full = Transformer(config(), rngs=nnx.Rngs(0))
+  anna = Transformer(config(attention=ANNA), rngs=nnx.Rngs(1))
+  nnx.update(anna, nnx.state(full, nnx.Param))
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
+  wide = dataclasses.replace(ANNA, anna=ANNAConfig(num_tables=1, num_hashes=0, chunk_size=8, window=16))
+  exact = Transformer(config(attention=wide), rngs=nnx.Rngs(2))
+  nnx.update(exact, nnx.state(full, nnx.Param))
+  np.testing.assert_allclose(exact(tokens)[0], full(tokens)[0], atol=1e-5)
+  assert anna(tokens)[0].shape == (2, 16, 3)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(width=10, num_heads=3), 'divisible'),
+    (dict(depth=0), 'depth'),
+    (dict(attention=AttentionConfig(kind='sparse')), 'attention kind'),
+    (dict(positional='rope'), 'positional'),
+])
+def test_bad_config_is_a_clear_error(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    Transformer(config(**overrides), rngs=nnx.Rngs(0))
