@@ -1,0 +1,137 @@
+"""The paper's reasoning tasks, Match2 and k-hop induction heads: seeded, jittable samplers and labelers.
+
+A batch is a dict of (batch, length) arrays:
+  tokens: model input; targets: per-token class;
+  loss_mask: positions trained on; eval_mask: positions counted in the error;
+  k: (batch,) the hop count of each sequence (k-hop only).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+def match2_labels(x, modulus):
+  """Label_i = 1 iff some j (j = i included) has x_i + x_j = 0 (mod modulus). x: (..., n) ints."""
+  present = jnp.any(x[..., :, None] == jnp.arange(modulus), axis=-2)  # (..., modulus)
+  partner = (modulus - x) % modulus
+  return jnp.take_along_axis(present, partner, axis=-1).astype(jnp.int32)
+
+
+def khop_targets(x, k, alphabet, max_k):
+  """k-hop targets for symbols x: (n,) and hop count k (scalar); `alphabet` stands for "none".
+
+  One hop from position p: the most recent j < p with x_j = x_p, then step right to j + 1.
+  """
+  n = x.shape[0]
+
+  def remember(last_seen, p):
+    return last_seen.at[x[p]].set(p), last_seen[x[p]]
+
+  _, previous = jax.lax.scan(remember, jnp.full((alphabet,), -1), jnp.arange(n))
+
+  def hop(i, carry):
+    pos, alive = carry
+    j = previous[pos]
+    active = i < k
+    alive = alive & ~(active & (j < 0))
+    return jnp.where(active & alive, j + 1, pos), alive
+
+  pos, alive = jax.lax.fori_loop(0, max_k, hop, (jnp.arange(n), jnp.ones(n, bool)))
+  return jnp.where(alive, x[pos], alphabet)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match2:
+  """Match2 over n tokens from {0..modulus-1}; a per-token binary label."""
+  n: int = 32
+  modulus: int = 37
+
+  name = 'match2'
+
+  def validate(self):
+    if self.n < 2:
+      raise ValueError(f'match2 needs n >= 2, got n={self.n}')
+    if self.modulus < 2:
+      raise ValueError(f'match2 needs modulus >= 2, got {self.modulus}')
+
+  @property
+  def vocab_size(self):
+    return self.modulus
+
+  @property
+  def num_classes(self):
+    return 2
+
+  @property
+  def length(self):
+    return self.n
+
+  def sample(self, key, batch_size):
+    x = jax.random.randint(key, (batch_size, self.n), 0, self.modulus)
+    ones = jnp.ones((batch_size, self.n), bool)
+    return {'tokens': x, 'targets': match2_labels(x, self.modulus), 'loss_mask': ones, 'eval_mask': ones}
+
+
+@dataclasses.dataclass(frozen=True)
+class KHop:
+  """k-hop induction heads: a leading k token, then n symbols with no immediate repeat.
+
+  Tokens: symbols 0..alphabet-1, then the k tokens alphabet + k. Classes: symbols, then "none" = alphabet.
+  k is drawn uniformly from 0..max_k per sequence unless `sample(..., k=)` fixes it.
+  """
+  n: int = 100
+  alphabet: int = 4
+  max_k: int = 16
+
+  name = 'khop'
+
+  def validate(self):
+    if self.max_k < 0:
+      raise ValueError(f'khop needs max_k >= 0, got {self.max_k}')
+    if self.alphabet < 2:
+      raise ValueError(f'khop needs an alphabet of >= 2 symbols, got {self.alphabet}')
+    if self.n < self.max_k + 2:
+      raise ValueError(f'khop n={self.n} is too small for k={self.max_k}: every answer would be "none" '
+                       f'(need n >= k + 2)')
+
+  @property
+  def vocab_size(self):
+    return self.alphabet + self.max_k + 1
+
+  @property
+  def num_classes(self):
+    return self.alphabet + 1
+
+  @property
+  def length(self):
+    return self.n + 1
+
+  def sample(self, key, batch_size, k=None):
+    key_first, key_steps, key_k = jax.random.split(key, 3)
+    # No immediate repeats: each symbol differs from the last by a nonzero offset.
+    first = jax.random.randint(key_first, (batch_size, 1), 0, self.alphabet)
+    steps = jax.random.randint(key_steps, (batch_size, self.n - 1), 1, self.alphabet)
+    x = jnp.cumsum(jnp.concatenate([first, steps], axis=1), axis=1) % self.alphabet
+    if k is None:
+      k = jax.random.randint(key_k, (batch_size,), 0, self.max_k + 1)
+    k = jnp.broadcast_to(jnp.asarray(k, jnp.int32), (batch_size,))
+    targets = jax.vmap(lambda x, k: khop_targets(x, k, self.alphabet, self.max_k))(x, k)
+    tokens = jnp.concatenate([(self.alphabet + k)[:, None], x], axis=1)
+    targets = jnp.concatenate([jnp.full((batch_size, 1), self.alphabet), targets], axis=1)
+    loss_mask = jnp.arange(self.n + 1)[None, :] > 0  # every symbol position, "none" targets included
+    eval_mask = loss_mask & (targets != self.alphabet)
+    return {'tokens': tokens, 'targets': targets, 'loss_mask': jnp.broadcast_to(loss_mask, tokens.shape),
+            'eval_mask': eval_mask, 'k': k}
+
+
+TASKS = {'match2': Match2, 'khop': KHop}
+
+
+def make_task(name, **fields):
+  if name not in TASKS:
+    raise ValueError(f'unknown task {name!r}; choose one of {sorted(TASKS)}')
+  task = TASKS[name](**fields)
+  task.validate()
+  return task

@@ -1,0 +1,148 @@
+"""A sweep: the product of the config's `sweep` axes, run one after another, resumable and shardable.
+
+Layout under the workdir:
+  runs/<name>/checkpoints  Orbax checkpoints of each run (resume from the latest)
+  runs/<name>/result.json  written atomically when the run ends: a run with one is skipped on restart
+  tb/<name>/               TensorBoard events of each run; tb/ holds the HParams experiment and the plot
+  results.jsonl, results.md, error_vs_depth.png   rebuilt atomically from every result.json
+"""
+
+import copy
+import io
+import itertools
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+from experiments import plots, train
+from experiments.summaries import SummaryWriter
+
+AXES = ('task', 'attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes', 'seed')
+
+
+def run_name(c):
+  name = f'{c.task}-{c.attention}-d{c.depth}-w{c.width}-n{c.n}'
+  if c.task == 'khop':
+    name += f'-k{c.max_k}'
+  if 'anna' in (c.attention, c.eval_attention):
+    name += f'-l{c.num_tables}-z{c.num_hashes}'
+  if c.eval_attention:
+    name += f'-eval_{c.eval_attention}'
+  return f'{name}-s{c.seed}'
+
+
+def expand(config):
+  """[(name, run config)] for every distinct point of the sweep, in a fixed order.
+
+  Points that differ only in settings their attention ignores (ANNA's tables for full attention, say) have
+  the same name and run once.
+  """
+  axes = [(axis, tuple(config.sweep[axis]) or (config[axis],)) for axis in AXES]
+  points = []
+  for values in itertools.product(*(values for _, values in axes)):
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      del c['sweep']
+      for (axis, _), value in zip(axes, values):
+        c[axis] = value
+    points.append((run_name(c), c))
+  return list({name: (name, c) for name, c in reversed(points)}.values())[::-1]
+
+
+def validate(config, shard_index=0, num_shards=1):
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f'need 0 <= shard_index < num_shards, got {shard_index}, {num_shards}')
+  points = expand(config)
+  for name, c in points:
+    try:
+      train.validate(c)
+    except ValueError as e:
+      raise ValueError(f'{name}: {e}') from None
+  return points
+
+
+def shard(points, shard_index, num_shards):
+  """Deterministic round-robin split: shard i runs points i, i + num_shards, ..."""
+  return points[shard_index::num_shards]
+
+
+def write_text_atomic(path, text):
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def collect_results(workdir, names):
+  results = []
+  for name in names:
+    path = os.path.join(workdir, 'runs', name, 'result.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        results.append({'name': name, **json.load(f)})
+  return results
+
+
+def markdown_table(results):
+  columns = ['name', 'status', 'eval/error', 'eval/max_k_solved', 'train/loss', 'eval/dropped_fraction',
+             'train/steps_per_sec', 'compile_seconds']
+  columns = [col for col in columns if any(col in r for r in results)]
+  lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  for r in results:
+    cells = [r.get(col, '') for col in columns]
+    lines.append('| ' + ' | '.join(f'{x:.4g}' if isinstance(x, float) else str(x) for x in cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_reports(workdir, names):
+  """Rebuilds results.jsonl, results.md and the plot from the runs' result.json files."""
+  results = collect_results(workdir, names)
+  if jax.process_index() != 0 or not results:
+    return results
+  write_text_atomic(os.path.join(workdir, 'results.jsonl'),
+                    ''.join(json.dumps(r, sort_keys=True) + '\n' for r in results))
+  write_text_atomic(os.path.join(workdir, 'results.md'), markdown_table(results))
+  png, height, width = plots.error_vs_depth(results)
+  plot_path = os.path.join(workdir, 'error_vs_depth.png')
+  with open(plot_path + '.tmp', 'wb') as f:
+    f.write(png)
+  os.replace(plot_path + '.tmp', plot_path)
+  writer = SummaryWriter(os.path.join(workdir, 'tb'))
+  writer.image(len(results), 'sweep/error_vs_depth', png, height, width)
+  writer.close()
+  return results
+
+
+def run_sweep(config, workdir, shard_index=0, num_shards=1):
+  """Runs this shard's unfinished points; returns the results of every finished point of the sweep."""
+  points = validate(config, shard_index, num_shards)
+  names = [name for name, _ in points]
+  mine = shard(points, shard_index, num_shards)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    writer = SummaryWriter(os.path.join(workdir, 'tb'))
+    writer.hparams_experiment(train.HPARAMS, train.METRICS)
+    writer.close()
+  durations = []
+  logging.info('sweep: %d points, %d in this shard (%d/%d); workdir %s', len(points), len(mine),
+               shard_index, num_shards, os.path.abspath(workdir))
+  for i, (name, c) in enumerate(mine):
+    run_dir = os.path.join(workdir, 'runs', name)
+    result_path = os.path.join(run_dir, 'result.json')
+    if os.path.exists(result_path):
+      logging.info('[%d/%d] %s: finished earlier, skipped', i + 1, len(mine), name)
+      continue
+    if durations:
+      remaining = sum(1 for n, _ in mine[i:] if not os.path.exists(os.path.join(workdir, 'runs', n, 'result.json')))
+      logging.info('sweep ETA %s', train.format_seconds(remaining * sum(durations) / len(durations)))
+    t0 = time.perf_counter()
+    result = train.train_and_evaluate(c, run_dir, tb_dir=os.path.join(workdir, 'tb', name),
+                                      label=f'[{i + 1}/{len(mine)}] {name}')
+    durations.append(time.perf_counter() - t0)
+    if jax.process_index() == 0:
+      train.write_json_atomic(result_path, result)
+    write_reports(workdir, names)
+  return write_reports(workdir, names)
