@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30  # finite "minus infinity": exp(_NEG - _NEG) stays 1, never NaN
-_SCORE_BUDGET = 1 << 25  # score-tile elements per step of the (batch * head) loop: bounds memory
+_SCORE_BUDGET = 1 << 20  # score-tile elements per step of the (batch * head) loop: bounds memory
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,6 +35,10 @@ class HashProjections(nnx.Variable):
   """ANNA's random hyperplanes: state that is checkpointed but never trained."""
 
 
+class HashDraws(nnx.Variable):
+  """Seed and call count of resampled hash projections (plain integers, so checkpoints stay portable)."""
+
+
 class RandomFeatures(nnx.Variable):
   """The low-rank baseline's random feature directions: checkpointed, never trained."""
 
@@ -53,12 +57,15 @@ class ANNAAttention(nnx.Module):
     self.config = config
     self.num_heads, self.head_dim = num_heads, head_dim
     self.projections = HashProjections(draw_projections(rngs.params(), num_heads, head_dim, config))
-    # Resampling draws from a stream of its own, so it never disturbs the parameter rng.
-    self.hash_rngs = nnx.Rngs(hash=rngs.params()) if config.resample_hashes else None
+    # Resampling draws call t's projections from fold_in(seed, t): a stream of its own.
+    self.hash_seed = HashDraws(jax.random.key_data(rngs.params()))
+    self.hash_calls = HashDraws(jnp.zeros((), jnp.uint32))
 
   def __call__(self, q, k, v, mask=None, causal=False):
-    if self.hash_rngs is not None:
-      projections = draw_projections(self.hash_rngs.hash(), self.num_heads, self.head_dim, self.config)
+    if self.config.resample_hashes:
+      key = jax.random.fold_in(jax.random.wrap_key_data(self.hash_seed[...]), self.hash_calls[...])
+      self.hash_calls[...] = self.hash_calls[...] + 1
+      projections = draw_projections(key, self.num_heads, self.head_dim, self.config)
     else:
       projections = self.projections[...]
     out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)

@@ -34,7 +34,7 @@ def get_config():
   c.lowrank_features = 64  # low-rank (Performer) baseline: random features
   # Optimisation (AdamW, linear warm-up then linear decay to 0).
   c.seed = 0  # model init, hash projections and the data stream
-  c.steps = 600
+  c.steps = 1000
   c.batch_size = 32  # global batch, split over the data-parallel devices
   c.learning_rate = 1e-3
   c.warmup_steps = 50
@@ -43,7 +43,7 @@ def get_config():
   c.num_devices = 1  # data-parallel devices; 0 takes every device
   # Logging, evaluation, checkpoints.
   c.log_every = 100  # steps between console / TensorBoard logs
-  c.eval_every = 300  # steps between evaluations (and at the end)
+  c.eval_every = 500  # steps between evaluations (and at the end)
   c.eval_batches = 4  # batches of fresh sequences per evaluation (per k for k-hop)
   c.checkpoint_every = 200  # steps between Orbax checkpoints (and at the end)
   c.keep_checkpoints = 2  # checkpoints kept on disk

@@ -1,0 +1,74 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import train
+from tests.test_experiments import ROOT, params_of, tiny_config
+
+
+def test_data_parallel_over_8_devices_matches_one_device(tmp_path):
+  assert jax.device_count() == 8  # tests/conftest.py asks XLA for 8 host devices
+  one = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path / 'one'))
+  eight = train.train_and_evaluate(tiny_config(num_devices=8), str(tmp_path / 'eight'))
+  assert eight['num_devices'] == 8 and one['num_devices'] == 1
+  np.testing.assert_allclose(eight['train/loss'], one['train/loss'], rtol=1e-5)
+  assert eight['eval/error'] == one['eval/error']
+  _, params_one = params_of(str(tmp_path / 'one'), tiny_config(num_devices=1))
+  _, params_eight = params_of(str(tmp_path / 'eight'), tiny_config(num_devices=1))
+  # Adam divides by sqrt(v): near-zero gradients turn float reduction-order noise into visible (but
+  # small) differences, well under the 10 steps x lr 1e-3 that the parameters moved.
+  for a, b in zip(params_one, params_eight):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4)
+
+
+def test_batch_must_split_over_devices():
+  with pytest.raises(ValueError, match='split evenly'):
+    train.validate(tiny_config(num_devices=8, batch_size=12))
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+TINY_FLAGS = ['--config.n=8', '--config.max_k=1', '--config.width=16', '--config.num_heads=2', '--config.steps=6',
+              '--config.warmup_steps=2', '--config.batch_size=8', '--config.checkpoint_every=3',
+              '--config.eval_every=6', '--config.log_every=3', '--config.eval_batches=1', '--config.num_devices=0',
+              '--config.sweep.depth=(1,)', "--config.sweep.attention=('anna',)"]
+
+
+def launch(workdir, devices_per_process, process_id=None, port=None):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  args = [sys.executable, '-m', 'experiments.main', f'--workdir={workdir}', *TINY_FLAGS]
+  if process_id is not None:
+    args += ['--distributed', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+             f'--process_id={process_id}']
+  return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_like_one_process_with_two_devices(tmp_path):
+  port = free_port()
+  processes = [launch(tmp_path / 'multi', 1, i, port) for i in range(2)]
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  single = launch(tmp_path / 'single', 2)
+  output = single.communicate(timeout=300)[0]
+  assert single.returncode == 0, output[-3000:]
+  name = 'khop-anna-d1-w16-n8-k1-l4-z2-s0'
+  multi = json.loads((tmp_path / 'multi' / 'runs' / name / 'result.json').read_text())
+  alone = json.loads((tmp_path / 'single' / 'runs' / name / 'result.json').read_text())
+  assert multi['num_devices'] == alone['num_devices'] == 2
+  np.testing.assert_allclose(multi['train/loss'], alone['train/loss'], rtol=1e-5)
+  assert (tmp_path / 'multi' / 'runs' / name / 'checkpoints' / '6').is_dir()
+  # Only process 0 writes metrics: one event file per TensorBoard run directory.
+  assert len(list((tmp_path / 'multi' / 'tb' / name).glob('events.out.tfevents.*'))) == 1
