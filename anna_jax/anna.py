@@ -17,6 +17,7 @@ is O(n * window) per table and head. Collisions that fall outside a window are c
 """
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -70,40 +71,87 @@ def hash_buckets(x, projections):
 
 
 class _Route(NamedTuple):
-  """Where one table puts every query and key of one (batch, head); all int32 of length n unless noted."""
-  q_order: jax.Array  # sorted slot -> query position
-  q_rank: jax.Array  # query position -> sorted slot
+  """Where one table puts the query and key slots of one (batch, head); int32 arrays of length n."""
+  q_order: jax.Array  # sorted position -> query slot
+  q_rank: jax.Array  # query slot -> sorted position
   k_order: jax.Array
   k_rank: jax.Array
   window_start: jax.Array  # (n_chunks,) first sorted key each query chunk reads
-  q_window_start: jax.Array  # query position -> window_start of its chunk
-  q_bucket: jax.Array  # bucket per query position, padding -> sentinel
+  q_window_start: jax.Array  # query slot -> window_start of its chunk
+  q_bucket: jax.Array  # bucket per query slot, padding -> sentinel
   k_bucket: jax.Array
-  collisions: jax.Array  # per query position: keys sharing its bucket (after masks)
+  collisions: jax.Array  # per query slot: keys sharing its bucket (after masks)
 
 
-def _route(q_bucket, k_bucket, q_valid, k_valid, num_buckets, chunk, window, causal):
-  n = q_bucket.shape[0]
-  pos = jnp.arange(n, dtype=jnp.int32)
+def _route(q_bucket, k_bucket, q_valid, k_valid, q_position, k_position, *, span, num_buckets, chunk, window,
+           causal):
+  """Sorts slots by the int32 key bucket * span + position (positions are < span) and places the windows."""
+  slot = jnp.arange(q_bucket.shape[0], dtype=jnp.int32)
   # Padding goes to a sentinel bucket past the real ones, so it sorts last and never matches a real bucket.
   q_bucket = jnp.where(q_valid, q_bucket, num_buckets)
   k_bucket = jnp.where(k_valid, k_bucket, num_buckets)
-  q_keys, q_order = jax.lax.sort_key_val(q_bucket * n + pos, pos)
-  k_keys, k_order = jax.lax.sort_key_val(k_bucket * n + pos, pos)
-  q_rank = jnp.zeros_like(pos).at[q_order].set(pos)
-  k_rank = jnp.zeros_like(pos).at[k_order].set(pos)
-  chunk_bucket = q_keys[::chunk] // n
-  window_start = jnp.searchsorted(k_keys, chunk_bucket * n, side='left').astype(jnp.int32)
-  window_start = jnp.clip(window_start, 0, n - window)
+  q_keys, q_order = jax.lax.sort_key_val(q_bucket * span + q_position, slot)
+  k_keys, k_order = jax.lax.sort_key_val(k_bucket * span + k_position, slot)
+  q_rank = jnp.zeros_like(slot).at[q_order].set(slot)
+  k_rank = jnp.zeros_like(slot).at[k_order].set(slot)
+  chunk_bucket = q_keys[::chunk] // span
+  window_start = jnp.searchsorted(k_keys, chunk_bucket * span, side='left').astype(jnp.int32)
+  window_start = jnp.clip(window_start, 0, k_bucket.shape[0] - window)
   q_window_start = window_start[q_rank // chunk]
   # Exact number of keys colliding with each query in this table, from the sorted keys alone.
-  first = jnp.searchsorted(k_keys, q_bucket * n, side='left')
+  first = jnp.searchsorted(k_keys, q_bucket * span, side='left')
   if causal:
-    last = jnp.searchsorted(k_keys, q_bucket * n + pos, side='right')
+    last = jnp.searchsorted(k_keys, q_bucket * span + q_position, side='right')
   else:
-    last = jnp.searchsorted(k_keys, (q_bucket + 1) * n, side='left')
+    last = jnp.searchsorted(k_keys, (q_bucket + 1) * span, side='left')
   collisions = jnp.where(q_valid, last - first, 0)
   return _Route(q_order, q_rank, k_order, k_rank, window_start, q_window_start, q_bucket, k_bucket, collisions)
+
+
+def _table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, counted_before, *, chunk, window,
+                     causal, weighting, scale):
+  """One table's bucket-masked window attention for one (batch, head), in query-slot order.
+
+  counted_before(q_slots (c, chunk), k_slots (c, window)) -> bool mask of pairs an earlier table counted.
+  Returns (max, numerator, denominator) per query slot for the logsumexp merge, and the in-window pairs.
+  """
+  n, d = q.shape
+  n_chunks = n // chunk
+  q_slot = r.q_order.reshape(n_chunks, chunk)
+  k_slot = r.k_order[r.window_start[:, None] + jnp.arange(window)]  # (n_chunks, window)
+  allowed = r.q_bucket[q_slot][:, :, None] == r.k_bucket[k_slot][:, None, :]
+  allowed &= q_valid[q_slot][:, :, None] & k_valid[k_slot][:, None, :]
+  if causal:
+    allowed &= k_position[k_slot][:, None, :] <= q_position[q_slot][:, :, None]
+  in_window = jnp.sum(allowed, dtype=jnp.float32)
+  new = allowed & ~counted_before(q_slot, k_slot)
+  if weighting == 'softmax':
+    scores = jnp.einsum('cqd,cwd->cqw', q[q_slot], k[k_slot]) * scale
+    m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, _NEG), axis=-1))
+    p = jnp.exp(jnp.where(new, scores - m[..., None], _NEG))  # where inside exp: finite grads
+  else:
+    m = jnp.zeros((n_chunks, chunk), q.dtype)
+    p = new.astype(q.dtype)
+  num = jnp.einsum('cqw,cwd->cqd', p, v[k_slot]).reshape(n, d)[r.q_rank]
+  den = jnp.sum(p, axis=-1).reshape(n)[r.q_rank]
+  return (m.reshape(n)[r.q_rank], num, den), in_window
+
+
+def _merge(acc, part):
+  """Logsumexp merge of two (max, numerator, denominator) triples."""
+  (m_a, num_a, den_a), (m_b, num_b, den_b) = acc, part
+  m = jnp.maximum(m_a, m_b)
+  a, b = jnp.exp(m_a - m), jnp.exp(m_b - m)
+  return m, num_a * a[:, None] + num_b * b[:, None], den_a * a + den_b * b
+
+
+def _empty_merge_state(n, d, dtype):
+  return jnp.full((n,), _NEG, dtype), jnp.zeros((n, d), dtype), jnp.zeros((n,), dtype)
+
+
+def _normalise(state):
+  _, num, den = state
+  return num / jnp.where(den > 0, den, 1.0)[:, None]  # a query with no colliding key outputs zeros
 
 
 def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_buckets, chunk, window, causal,
@@ -111,50 +159,31 @@ def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_bucke
   """q, k, v: (n, d); buckets: (tables, n). Returns output (n, d), collisions, dropped (scalars)."""
   n, d = q.shape
   num_tables = q_buckets.shape[0]
-  n_chunks = n // chunk
-  routes = jax.vmap(lambda qb, kb: _route(qb, kb, q_valid, k_valid, num_buckets, chunk, window, causal))(
-      q_buckets, k_buckets)
+  position = jnp.arange(n, dtype=jnp.int32)
+  route = functools.partial(_route, q_valid=q_valid, k_valid=k_valid, q_position=position, k_position=position,
+                            span=n, num_buckets=num_buckets, chunk=chunk, window=window, causal=causal)
+  routes = jax.vmap(route)(q_buckets, k_buckets)
 
-  def table_step(carry, xs):
-    m_acc, num_acc, den_acc = carry
+  def table_step(state, xs):
     t, r = xs
-    q_pos = r.q_order.reshape(n_chunks, chunk)
-    k_pos = r.k_order[r.window_start[:, None] + jnp.arange(window)]  # (n_chunks, window)
-    allowed = r.q_bucket[q_pos][:, :, None] == r.k_bucket[k_pos][:, None, :]
-    allowed &= q_valid[q_pos][:, :, None] & k_valid[k_pos][:, None, :]
-    if causal:
-      allowed &= k_pos[:, None, :] <= q_pos[:, :, None]
-    in_window = jnp.sum(allowed, dtype=jnp.float32)
-    # Union semantics: drop pairs that an earlier table already attended (same bucket AND inside that
-    # table's window for the query), so each key is counted once.
-    earlier = (jnp.arange(num_tables) < t)[:, None, None, None]
-    seen = routes.q_bucket[:, q_pos][..., None] == routes.k_bucket[:, k_pos][:, :, None, :]
-    q_start = routes.q_window_start[:, q_pos][..., None]
-    k_rank = routes.k_rank[:, k_pos][:, :, None, :]
-    seen &= (q_start <= k_rank) & (k_rank < q_start + window)
-    new = allowed & ~jnp.any(seen & earlier, axis=0)
 
-    if weighting == 'softmax':
-      scores = jnp.einsum('cqd,cwd->cqw', q[q_pos], k[k_pos]) * scale
-      m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, _NEG), axis=-1))
-      p = jnp.exp(jnp.where(new, scores - m[..., None], _NEG))  # where inside exp: finite grads
-    else:
-      m = jnp.zeros((n_chunks, chunk), q.dtype)
-      p = new.astype(q.dtype)
-    num = jnp.einsum('cqw,cwd->cqd', p, v[k_pos]).reshape(n, d)[r.q_rank]
-    den = jnp.sum(p, axis=-1).reshape(n)[r.q_rank]
-    m = m.reshape(n)[r.q_rank]
-    # Merge this table into the running (max, numerator, denominator): a logsumexp merge.
-    m_new = jnp.maximum(m_acc, m)
-    a, b = jnp.exp(m_acc - m_new), jnp.exp(m - m_new)
-    carry = (m_new, num_acc * a[:, None] + num * b[:, None], den_acc * a + den * b)
-    return carry, in_window
+    def seen_earlier(q_slot, k_slot):
+      # Union semantics: a pair an earlier table attended (same bucket AND inside that table's window
+      # for the query) is not counted again, so each key counts once.
+      earlier = (jnp.arange(num_tables) < t)[:, None, None, None]
+      seen = routes.q_bucket[:, q_slot][..., None] == routes.k_bucket[:, k_slot][:, :, None, :]
+      q_start = routes.q_window_start[:, q_slot][..., None]
+      k_rank = routes.k_rank[:, k_slot][:, :, None, :]
+      seen &= (q_start <= k_rank) & (k_rank < q_start + window)
+      return jnp.any(seen & earlier, axis=0)
 
-  init = (jnp.full((n,), _NEG, q.dtype), jnp.zeros((n, d), q.dtype), jnp.zeros((n,), q.dtype))
-  (_, num, den), in_window = jax.lax.scan(table_step, init, (jnp.arange(num_tables), routes))
-  out = num / jnp.where(den > 0, den, 1.0)[:, None]  # a query with no colliding key outputs zeros
+    part, in_window = _table_attention(q, k, v, r, q_valid, k_valid, position, position, seen_earlier,
+                                       chunk=chunk, window=window, causal=causal, weighting=weighting, scale=scale)
+    return _merge(state, part), in_window
+
+  state, in_window = jax.lax.scan(table_step, _empty_merge_state(n, d, q.dtype), (jnp.arange(num_tables), routes))
   collisions = jnp.sum(routes.collisions, dtype=jnp.float32)
-  return out, collisions, collisions - jnp.sum(in_window)
+  return _normalise(state), collisions, collisions - jnp.sum(in_window)
 
 
 def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):

@@ -22,9 +22,8 @@ def padding_mask(n, valid_lengths):
   return jnp.arange(n)[None, :] < jnp.asarray(valid_lengths)[:, None]
 
 
-@pytest.mark.parametrize('causal', [False, True])
-@pytest.mark.parametrize('weighting', ['softmax', 'uniform'])
-@pytest.mark.parametrize('masked', [False, True])
+@pytest.mark.parametrize('causal, weighting, masked', [
+    (False, 'softmax', False), (True, 'softmax', True), (False, 'uniform', True), (True, 'uniform', False)])
 def test_anna_equals_dense_oracle_outputs_and_gradients(causal, weighting, masked):
   # n = 45 is not a multiple of the chunk, so internal padding is exercised too.
   n = 45

@@ -1,0 +1,150 @@
+"""Sequence-parallel ANNA: one long sequence sharded over devices, tokens meeting by bucket (the MPC view).
+
+Each of the P devices on mesh axis `axis` holds n / P consecutive tokens. Per hash table:
+  1. every device hashes its queries and keys and sends each one, with its global position and its bucket
+     ids in all tables, to the device that owns its bucket (bucket ranges split evenly): one all_to_all;
+  2. each device runs single-device ANNA's bucket-masked window attention on what it received;
+  3. each query's partial (max, numerator, denominator) goes back to its home device (a second all_to_all)
+     and is merged over tables by logsumexp.
+Send buffers hold `capacity` tokens per (source, destination) pair; tokens beyond it are dropped and counted
+in `overflow_tokens`. A pair that collided in an earlier table is not counted again (union semantics), so
+when nothing overflows the output equals single-device ANNA and the dense oracle.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from anna_jax.anna import _NEG, _empty_merge_state, _merge, _normalise, _route, _table_attention, hash_buckets
+
+
+def _pack(dest, num_devices, capacity, payloads):
+  """Places tokens into (num_devices * capacity) send slots grouped by destination.
+
+  dest: (n,) destination per token, num_devices for "send nowhere". Returns the packed payloads, a filled
+  flag per slot, each token's slot (num_devices * capacity where it was not sent) and the overflow count.
+  """
+  n = dest.shape[0]
+  trash = num_devices * capacity
+  order = jnp.argsort(dest, stable=True)
+  sorted_dest = dest[order]
+  group_start = jnp.searchsorted(sorted_dest, jnp.arange(num_devices + 1))
+  rank = jnp.arange(n) - group_start[jnp.minimum(sorted_dest, num_devices)]
+  sent = (sorted_dest < num_devices) & (rank < capacity)
+  slot = jnp.zeros(n, jnp.int32).at[order].set(jnp.where(sent, sorted_dest * capacity + rank, trash))
+  packed = [jnp.zeros((trash + 1,) + x.shape[1:], x.dtype).at[slot].set(x)[:trash] for x in payloads]
+  filled = jnp.zeros(trash + 1, bool).at[slot].set(True)[:trash]
+  overflow = jnp.sum((dest < num_devices) & (slot == trash))
+  return packed, filled, slot, overflow
+
+
+def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis='seq', mask=None, causal=False,
+                           capacity=None):
+  """ANNA over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.
+
+  capacity: tokens per (source, destination) buffer; default 2 * n_local / P (twice the balanced share),
+  at most n_local (which can never overflow). Returns (output, {'dropped_fraction', 'overflow_tokens'}).
+  """
+  config.validate()
+  num_devices = mesh.shape[axis]
+  batch, n, heads, dim = q.shape
+  if n % num_devices:
+    raise ValueError(f'sequence length {n} must be divisible by the {num_devices} devices of axis {axis!r}')
+  n_local = n // num_devices
+  capacity = min(n_local, capacity or 2 * -(-n_local // num_devices))
+  num_hashes = projections.shape[-1]
+  num_buckets = 2**num_hashes
+  if (num_buckets + 1) * n >= 2**31:
+    raise ValueError(f'ANNA sort key overflows int32: (2**{num_hashes} + 1) * {n} >= 2**31')
+  valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
+  seq = P(None, axis)
+  # Lay the inputs out as shard_map expects (a no-op when they already are), for Auto and Explicit meshes alike.
+  q, k, v, valid = (jax.device_put(x, NamedSharding(mesh, seq)) for x in (q, k, v, valid))
+  projections = jax.device_put(projections, NamedSharding(mesh, P()))
+  local = functools.partial(_local, num_devices=num_devices, capacity=capacity, num_buckets=num_buckets,
+                            span=n, config=config, causal=causal, axis=axis)
+  out, dropped, collisions, overflow = jax.shard_map(
+      local, mesh=mesh, in_specs=(seq, seq, seq, P(), seq), out_specs=(seq, P(), P(), P()))(
+          q, k, v, projections, valid)
+  return out, {'dropped_fraction': dropped / jnp.maximum(collisions, 1.0), 'overflow_tokens': overflow}
+
+
+def _local(q, k, v, projections, valid, *, num_devices, capacity, num_buckets, span, config, causal, axis):
+  batch, n_local, heads, dim = q.shape
+  num_tables = projections.shape[1]
+  me = jax.lax.axis_index(axis)
+  position = me * n_local + jnp.arange(n_local, dtype=jnp.int32)
+
+  def per_head(x):  # (batch, n_local, heads, ...) -> (batch * heads, n_local, ...)
+    return jnp.swapaxes(x, 1, 2).reshape((batch * heads, n_local) + x.shape[3:])
+
+  q_h, k_h, v_h = per_head(q), per_head(k), per_head(v)
+  # Bucket ids in every table, token-major: (batch * heads, n_local, tables).
+  q_buckets = jnp.moveaxis(hash_buckets(q, projections), 2, 3).reshape(batch * heads, n_local, num_tables)
+  k_buckets = jnp.moveaxis(hash_buckets(k, projections), 2, 3).reshape(batch * heads, n_local, num_tables)
+  valid_h = jnp.repeat(valid, heads, axis=0)
+  positions = jnp.broadcast_to(position, (batch * heads, n_local))
+
+  def exchange(x):  # slot block j goes to device j; block j received came from device j
+    return jax.lax.all_to_all(x, axis, 1, 1, tiled=True)
+
+  received = num_devices * capacity
+  padded = -(-received // config.chunk_size) * config.chunk_size
+  window = min(config.window, padded)
+  attend = jax.vmap(functools.partial(_attend_received, num_buckets=num_buckets, span=span, chunk=config.chunk_size,
+                                      window=window, causal=causal, weighting=config.weighting,
+                                      scale=1.0 / math.sqrt(dim), pad=padded - received),
+                    in_axes=(0,) * 9 + (None,))
+  state = jax.vmap(lambda _: _empty_merge_state(n_local, dim, q.dtype))(jnp.arange(batch * heads))
+  dropped = collisions = overflow = 0.0
+  for t in range(num_tables):
+    def owner(buckets):
+      return jnp.where(valid_h, buckets[..., t] * num_devices // num_buckets, num_devices)
+
+    pack = jax.vmap(functools.partial(_pack, num_devices=num_devices, capacity=capacity))
+    (qx, qp, qb), q_filled, q_slot, q_over = pack(owner(q_buckets), payloads=(q_h, positions, q_buckets))
+    (kx, vx, kp, kb), k_filled, _, k_over = pack(owner(k_buckets), payloads=(k_h, v_h, positions, k_buckets))
+    qx, qp, qb, q_filled, kx, vx, kp, kb, k_filled = map(exchange, (qx, qp, qb, q_filled, kx, vx, kp, kb, k_filled))
+    part, table_collisions, in_window = attend(qx, kx, vx, qb, kb, q_filled, k_filled, qp, kp, t)
+    # Partial results travel back to the queries' home devices; a query that was not sent reads "empty".
+    m, num, den = map(exchange, part)
+    part = (take_or(m, q_slot, _NEG), take_or(num, q_slot, 0.0), take_or(den, q_slot, 0.0))
+    state = jax.vmap(_merge)(state, part)
+    collisions += jnp.sum(table_collisions)
+    dropped += jnp.sum(table_collisions) - jnp.sum(in_window)
+    overflow += jnp.sum(q_over) + jnp.sum(k_over)
+  out = jax.vmap(_normalise)(state).reshape(batch, heads, n_local, dim).swapaxes(1, 2)
+  total = [jax.lax.psum(x, axis) for x in (dropped, collisions, overflow)]
+  return (out, *total)
+
+
+@functools.partial(jax.vmap, in_axes=(0, 0, None))
+def take_or(x, index, fill):
+  """x[index] per (batch, head), where index == len(x) reads `fill`."""
+  return jnp.concatenate([x, jnp.full((1,) + x.shape[1:], fill, x.dtype)])[index]
+
+
+def _attend_received(q, k, v, q_buckets, k_buckets, q_valid, k_valid, q_position, k_position, t, *, num_buckets,
+                     span, chunk, window, causal, weighting, scale, pad):
+  """Table t's window attention over the tokens one device received, for one (batch, head)."""
+  def pad_tokens(x, value=0):
+    return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
+
+  q, k, v, q_valid, k_valid = (pad_tokens(x) for x in (q, k, v, q_valid, k_valid))
+  q_position, k_position = pad_tokens(q_position), pad_tokens(k_position)
+  q_buckets, k_buckets = pad_tokens(q_buckets), pad_tokens(k_buckets)
+  r = _route(q_buckets[:, t], k_buckets[:, t], q_valid, k_valid, q_position, k_position, span=span,
+             num_buckets=num_buckets, chunk=chunk, window=window, causal=causal)
+
+  def collided_earlier(q_slot, k_slot):
+    earlier = jnp.arange(q_buckets.shape[1]) < t
+    same = q_buckets[q_slot][:, :, None, :] == k_buckets[k_slot][:, None, :, :]
+    return jnp.any(same & earlier, axis=-1)
+
+  part, in_window = _table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, collided_earlier,
+                                     chunk=chunk, window=window, causal=causal, weighting=weighting, scale=scale)
+  n = q.shape[0] - pad
+  return tuple(x[:n] for x in part), jnp.sum(r.collisions, dtype=jnp.float32), in_window

@@ -1,0 +1,68 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.scaling import Record, crossover, fit_slope
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, '-m', 'benchmarks.scaling', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def records(times, kind, mode='forward'):
+  return [Record(kind, mode, n, 'ok', median_seconds=t) for n, t in times.items()]
+
+
+def test_slope_and_crossover_on_known_curves():
+  lengths = [1024, 2048, 4096, 8192]
+  rs = records({n: 1e-6 * n for n in lengths}, 'anna') + records({n: 0.5e-9 * n * n for n in lengths}, 'full')
+  assert fit_slope(rs, 'anna', 'forward', 0, 10**9) == pytest.approx(1.0)
+  assert fit_slope(rs, 'full', 'forward', 0, 10**9) == pytest.approx(2.0)
+  assert crossover(rs, 'forward') == 2048  # 1e-6 n < 0.5e-9 n^2 from n > 2000
+  rs.append(Record('anna', 'forward', 16384, 'ok', median_seconds=0.016))
+  rs.append(Record('full', 'forward', 16384, 'over_memory'))
+  assert crossover(rs, 'forward') == 2048  # full could not run at 16K: ANNA wins there by default
+  assert crossover(records({1024: 2.0}, 'anna') + records({1024: 1.0}, 'full'), 'forward') is None
+
+
+def test_tiny_harness_run_writes_every_output(tmp_path):
+  result = run('--lengths=128,256', '--heads=2', '--head_dim=8', '--repeats=2', '--num_tables=2',
+               '--chunk_size=32', '--window=32', '--lowrank_features=16', f'--outdir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'scaling.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 3 * 2 * 2  # kinds x modes x lengths
+  assert all(r['status'] == 'ok' and float(r['median_seconds']) > 0 and float(r['compile_seconds']) > 0 and
+             int(r['peak_bytes']) > 0 and float(r['flops']) > 0 for r in rows)
+  assert all(0.0 <= float(r['dropped_fraction']) <= 1.0 for r in rows if r['kind'] == 'anna')
+  summary = json.loads((tmp_path / 'scaling.json').read_text())
+  assert 'cpu' in summary['device'].lower() and set(summary['crossover']) == {'forward', 'train'}
+  report = (tmp_path / 'report.md').read_text()
+  assert '## forward: median time' in report and '## train: median time' in report and '| 256 |' in report
+  assert (tmp_path / 'scaling.png').read_bytes()[:4] == b'\x89PNG'
+  assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
+
+
+def test_over_memory_points_are_recorded_and_the_run_goes_on(tmp_path):
+  result = run('--lengths=64,4096', '--kinds=full,anna', '--modes=forward', '--heads=2', '--head_dim=8',
+               '--repeats=1', '--num_tables=1', '--chunk_size=32', '--window=32', '--memory_budget_gb=0.01',
+               f'--outdir={tmp_path}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'scaling.csv') as f:
+    status = {(r['kind'], r['n']): r['status'] for r in csv.DictReader(f)}
+  assert status == {('full', '64'): 'ok', ('full', '4096'): 'over_memory', ('anna', '64'): 'ok',
+                    ('anna', '4096'): 'ok'}
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+  for args in (['--kinds=sparse'], ['--lengths=1k'], ['--repeats=0']):
+    result = run(*args, f'--outdir={tmp_path}')
+    assert result.returncode == 2 and result.stderr.strip().count('\n') == 0, result.stderr
