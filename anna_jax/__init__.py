@@ -4,3 +4,7 @@ from anna_jax.anna import ANNAConfig, ANNAStats, anna_attention, draw_projection
 from anna_jax.attention import KINDS, AttentionConfig, make_attention
 from anna_jax.baselines import full_attention, lowrank_attention
 from anna_jax.model import Transformer, TransformerConfig
+
+__all__ = ['ANNAConfig', 'ANNAStats', 'anna_attention', 'draw_projections', 'hash_buckets', 'KINDS',
+           'AttentionConfig', 'make_attention', 'full_attention', 'lowrank_attention', 'Transformer',
+           'TransformerConfig']

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30  # finite "minus infinity": exp(_NEG - _NEG) stays 1, never NaN
-_SCORE_BUDGET = 1 << 20  # score-tile elements per step of the (batch * head) loop: bounds memory
+_TOKEN_BUDGET = 1 << 20  # tokens per step of the (batch * head) loop: bounds memory at long lengths
+_PAIR_BUDGET = 1 << 16  # (query, key) pairs per step of the chunk loop: keeps score tiles in cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,29 +113,34 @@ def _table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, count
                      causal, weighting, scale):
   """One table's bucket-masked window attention for one (batch, head), in query-slot order.
 
-  counted_before(q_slots (c, chunk), k_slots (c, window)) -> bool mask of pairs an earlier table counted.
-  Returns (max, numerator, denominator) per query slot for the logsumexp merge, and the in-window pairs.
+  counted_before(q_slot (chunk,), k_slot (window,)) -> (chunk, window) bool mask of the pairs an earlier table
+  already counted. Returns (max, numerator, denominator) per query slot for the logsumexp merge, and the
+  number of in-window pairs.
   """
   n, d = q.shape
-  n_chunks = n // chunk
-  q_slot = r.q_order.reshape(n_chunks, chunk)
-  k_slot = r.k_order[r.window_start[:, None] + jnp.arange(window)]  # (n_chunks, window)
-  allowed = r.q_bucket[q_slot][:, :, None] == r.k_bucket[k_slot][:, None, :]
-  allowed &= q_valid[q_slot][:, :, None] & k_valid[k_slot][:, None, :]
-  if causal:
-    allowed &= k_position[k_slot][:, None, :] <= q_position[q_slot][:, :, None]
-  in_window = jnp.sum(allowed, dtype=jnp.float32)
-  new = allowed & ~counted_before(q_slot, k_slot)
-  if weighting == 'softmax':
-    scores = jnp.einsum('cqd,cwd->cqw', q[q_slot], k[k_slot]) * scale
-    m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, _NEG), axis=-1))
-    p = jnp.exp(jnp.where(new, scores - m[..., None], _NEG))  # where inside exp: finite grads
-  else:
-    m = jnp.zeros((n_chunks, chunk), q.dtype)
-    p = new.astype(q.dtype)
-  num = jnp.einsum('cqw,cwd->cqd', p, v[k_slot]).reshape(n, d)[r.q_rank]
-  den = jnp.sum(p, axis=-1).reshape(n)[r.q_rank]
-  return (m.reshape(n)[r.q_rank], num, den), in_window
+  q_slots = r.q_order.reshape(n // chunk, chunk)
+  k_slots = r.k_order[r.window_start[:, None] + jnp.arange(window)]  # (n_chunks, window)
+
+  def one_chunk(slots):
+    q_slot, k_slot = slots
+    allowed = (r.q_bucket[q_slot][:, None] == r.k_bucket[k_slot][None, :])
+    allowed &= q_valid[q_slot][:, None] & k_valid[k_slot][None, :]
+    if causal:
+      allowed &= k_position[k_slot][None, :] <= q_position[q_slot][:, None]
+    new = allowed & ~counted_before(q_slot, k_slot)
+    if weighting == 'softmax':
+      scores = q[q_slot] @ k[k_slot].T * scale
+      m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, _NEG), axis=-1))
+      p = jnp.exp(jnp.where(new, scores - m[:, None], _NEG))  # where inside exp: finite grads
+    else:
+      m = jnp.zeros((chunk,), q.dtype)
+      p = new.astype(q.dtype)
+    return m, p @ v[k_slot], jnp.sum(p, axis=-1), jnp.sum(allowed, dtype=jnp.float32)
+
+  # Chunks run in groups whose score tiles stay cache-sized: the cost stays linear in n.
+  group = max(1, _PAIR_BUDGET // (chunk * window))
+  m, num, den, in_window = jax.lax.map(one_chunk, (q_slots, k_slots), batch_size=group)
+  return (m.reshape(n)[r.q_rank], num.reshape(n, d)[r.q_rank], den.reshape(n)[r.q_rank]), jnp.sum(in_window)
 
 
 def _merge(acc, part):
@@ -170,10 +176,10 @@ def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_bucke
     def seen_earlier(q_slot, k_slot):
       # Union semantics: a pair an earlier table attended (same bucket AND inside that table's window
       # for the query) is not counted again, so each key counts once.
-      earlier = (jnp.arange(num_tables) < t)[:, None, None, None]
-      seen = routes.q_bucket[:, q_slot][..., None] == routes.k_bucket[:, k_slot][:, :, None, :]
-      q_start = routes.q_window_start[:, q_slot][..., None]
-      k_rank = routes.k_rank[:, k_slot][:, :, None, :]
+      earlier = (jnp.arange(num_tables) < t)[:, None, None]
+      seen = routes.q_bucket[:, q_slot][:, :, None] == routes.k_bucket[:, k_slot][:, None, :]
+      q_start = routes.q_window_start[:, q_slot][:, :, None]
+      k_rank = routes.k_rank[:, k_slot][:, None, :]
       seen &= (q_start <= k_rank) & (k_rank < q_start + window)
       return jnp.any(seen & earlier, axis=0)
 
@@ -226,8 +232,8 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
   one_head = lambda xs: _anna_one_head(
       *xs, num_buckets=2**num_hashes, chunk=chunk, window=window, causal=causal,
       weighting=config.weighting, scale=1.0 / math.sqrt(dim))
-  # Heads run in groups so that one group's score tiles stay under _SCORE_BUDGET elements.
-  heads_per_step = max(1, min(batch * heads, _SCORE_BUDGET // (n_pad * window)))
+  # Heads run in groups of about _TOKEN_BUDGET tokens, so per-head routing state bounds memory.
+  heads_per_step = max(1, min(batch * heads, _TOKEN_BUDGET // n_pad))
   out, collisions, dropped = jax.lax.map(
       one_head,
       (per_head(q), per_head(k), per_head(v), flat(q_buckets), flat(k_buckets), valid_bh, valid_bh),

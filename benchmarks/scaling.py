@@ -16,7 +16,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
 import jax
@@ -26,6 +25,8 @@ from absl import app, flags, logging
 
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
+from experiments import cli
+from experiments.summaries import SummaryWriter
 
 KINDS = ('anna', 'full', 'lowrank', 'full_cudnn')  # full_cudnn: jax.nn.dot_product_attention's cuDNN kernel
 MODES = ('forward', 'train')  # train = forward + backward (gradients of q, k, v)
@@ -293,8 +294,6 @@ def write_outputs(records, outdir, device, settings):
   with open(os.path.join(outdir, 'report.md'), 'w') as f:
     f.write(report(records, device, settings))
   plot(records, os.path.join(outdir, 'scaling.png'))
-  from experiments.summaries import SummaryWriter
-
   writer = SummaryWriter(os.path.join(outdir, 'tb'))
   for r in records:
     if r.status == 'ok':
@@ -303,9 +302,9 @@ def write_outputs(records, outdir, device, settings):
   writer.close()
 
 
+
 def fail(message):
-  print(f'anna-jax benchmark: error: {message}', file=sys.stderr)
-  sys.exit(2)
+  cli.fail(message, 'anna-jax benchmark')
 
 
 def main(argv):

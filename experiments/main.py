@@ -5,12 +5,12 @@
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import sweep
+from experiments.cli import fail
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file; override fields with --config.x=y.')
@@ -24,9 +24,6 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the j
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
 
 
-def fail(message):
-  print(f'anna-jax: error: {message}', file=sys.stderr)
-  sys.exit(2)
 
 
 def parse_flags(argv):
@@ -55,10 +52,11 @@ def main(argv):
   except ValueError as e:
     fail(str(e))
   results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value)
-  workdir = os.path.abspath(_WORKDIR.value)
-  logging.info('results: %s/results.md (%d runs)', workdir, len(results))
-  print(open(os.path.join(workdir, 'results.md')).read() if results else 'no finished runs')
-  print(f'TensorBoard: tensorboard --logdir {workdir}/tb')
+  if jax.process_index() == 0:
+    workdir = os.path.abspath(_WORKDIR.value)
+    logging.info('results: %s/results.md (%d runs)', workdir, len(results))
+    print(open(os.path.join(workdir, 'results.md')).read() if results else 'no finished runs')
+    print(f'TensorBoard: tensorboard --logdir {workdir}/tb')
 
 
 if __name__ == '__main__':

@@ -8,7 +8,6 @@ Layout under the workdir:
 """
 
 import copy
-import io
 import itertools
 import json
 import os

@@ -252,10 +252,11 @@ def train_and_evaluate(c, workdir, tb_dir=None, label=''):
         last.update(evaluation)
   if pending is not None:
     finish_step(*pending)
+  if status == 'done' and 'eval/error' not in last:  # killed after its final checkpoint: evaluate that
+    last.update(trainer.evaluate(state))
+    writer.scalars(c.steps, last)
   manager.close()
   train_seconds = time.perf_counter() - train_start
-  if status == 'done':
-    writer.scalars(c.steps, {name: last[name] for name in METRICS if name in last})
   writer.hparams_session_end(ok=status == 'done')
   writer.close()
   result = {name: c[name] for name in HPARAMS}

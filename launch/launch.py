@@ -19,6 +19,8 @@ import sys
 
 from absl import app, flags
 
+from experiments import cli
+
 _TARGET = flags.DEFINE_enum('target', 'local', ['local', 'slurm', 'tpu'], 'Where to launch.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands (and the sbatch script) without running them.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Sweep shards: local processes, SLURM array tasks; on a TPU '
@@ -84,9 +86,9 @@ def tpu_command(extra_args):
   return gcloud + ['--worker=all', f'--command={remote}']
 
 
+
 def fail(message):
-  print(f'anna-jax launch: error: {message}', file=sys.stderr)
-  sys.exit(2)
+  cli.fail(message, 'anna-jax launch')
 
 
 def call(command):

@@ -7,7 +7,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from experiments import train
 from tests.test_experiments import ROOT, params_of, tiny_config

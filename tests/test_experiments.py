@@ -173,8 +173,8 @@ def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
 @pytest.mark.slow
 def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
   args = [f'--workdir={tmp_path}', '--config.n=8', '--config.max_k=1', '--config.width=16', '--config.num_heads=2',
-          '--config.steps=400', '--config.warmup_steps=10', '--config.checkpoint_every=50',
-          '--config.eval_every=400', '--config.log_every=50', '--config.sweep.depth=(1,2)',
+          '--config.steps=2000', '--config.warmup_steps=10', '--config.checkpoint_every=50',
+          '--config.eval_every=2000', '--config.log_every=50', '--config.sweep.depth=(1,2)',
           "--config.sweep.attention=('full',)"]
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
   process = subprocess.Popen([sys.executable, '-m', 'experiments.main', *args], cwd=ROOT, env=env,
@@ -195,4 +195,4 @@ def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
   assert first_result.read_text() == saved
   lines = [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
   assert [r['name'] for r in lines] == ['khop-full-d1-w16-n8-k1-s0', 'khop-full-d2-w16-n8-k1-s0']
-  assert all(r['status'] == 'done' and r['steps'] == 400 for r in lines)
+  assert all(r['status'] == 'done' and r['steps'] == 2000 for r in lines)
