@@ -222,22 +222,22 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
     q_buckets, k_buckets = (jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad))) for x in (q_buckets, k_buckets))
     valid = jnp.pad(valid, ((0, 0), (0, pad)))
 
-  def per_head(x):
-    return x.transpose(0, 2, 1, 3).reshape(batch * heads, n_pad, dim)
+  def one_head(index):
+    # Slice this (batch, head) out inside the loop rather than transposing q, k, v up front: at long
+    # lengths a transposed copy of the inputs would dominate peak memory.
+    b, h = index // heads, index % heads
 
-  def flat(x):
-    return x.reshape((batch * heads,) + x.shape[2:])
+    def pick(x, head_axis):  # x[b] with its head axis (counted after dropping batch) indexed by h
+      return jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(x, b, 0, False), h, head_axis, False)
 
-  valid_bh = jnp.repeat(valid, heads, axis=0)
-  one_head = lambda xs: _anna_one_head(
-      *xs, num_buckets=2**num_hashes, chunk=chunk, window=window, causal=causal,
-      weighting=config.weighting, scale=1.0 / math.sqrt(dim))
+    row_valid = jax.lax.dynamic_index_in_dim(valid, b, 0, False)
+    return _anna_one_head(pick(q, 1), pick(k, 1), pick(v, 1), pick(q_buckets, 0), pick(k_buckets, 0),
+                          row_valid, row_valid, num_buckets=2**num_hashes, chunk=chunk, window=window,
+                          causal=causal, weighting=config.weighting, scale=1.0 / math.sqrt(dim))
+
   # Heads run in groups of about _TOKEN_BUDGET tokens, so per-head routing state bounds memory.
   heads_per_step = max(1, min(batch * heads, _TOKEN_BUDGET // n_pad))
-  out, collisions, dropped = jax.lax.map(
-      one_head,
-      (per_head(q), per_head(k), per_head(v), flat(q_buckets), flat(k_buckets), valid_bh, valid_bh),
-      batch_size=heads_per_step)
+  out, collisions, dropped = jax.lax.map(one_head, jnp.arange(batch * heads), batch_size=heads_per_step)
   out = out.reshape(batch, heads, n_pad, dim).transpose(0, 2, 1, 3)[:, :n]
   stats = ANNAStats(jax.lax.stop_gradient(jnp.sum(collisions)), jax.lax.stop_gradient(jnp.sum(dropped)))
   return out, stats

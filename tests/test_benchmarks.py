@@ -35,8 +35,9 @@ def test_slope_and_crossover_on_known_curves():
 
 def test_tiny_harness_run_writes_every_output(tmp_path):
   result = run('--lengths=128,256', '--heads=2', '--head_dim=8', '--repeats=2', '--num_tables=2',
-               '--chunk_size=32', '--window=32', '--lowrank_features=16', f'--outdir={tmp_path}')
+               '--chunk_size=32', '--window=32', '--lowrank_features=16', '--profile', f'--outdir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
+  assert len(list((tmp_path / 'trace').iterdir())) == 3 * 2 * 2  # one jax.profiler trace per point
   with open(tmp_path / 'scaling.csv') as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3 * 2 * 2  # kinds x modes x lengths
