@@ -35,7 +35,8 @@ def parse_flags(argv):
 
 def quiet_libraries():
   # Orbax logs every save at INFO; keep the console for our own progress lines.
-  logging.get_absl_logger().addFilter(lambda r: r.levelno >= logging.WARNING or 'orbax' not in r.pathname)
+  quiet = lambda r: r.levelno >= 30 or 'orbax' not in r.pathname  # 30: Python's WARNING
+  logging.get_absl_handler().python_handler.addFilter(quiet)
 
 
 def main(argv):
