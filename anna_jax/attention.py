@@ -57,9 +57,9 @@ class ANNAAttention(nnx.Module):
     self.config = config
     self.num_heads, self.head_dim = num_heads, head_dim
     self.projections = HashProjections(draw_projections(rngs.params(), num_heads, head_dim, config))
-    # Resampling draws call t's projections from fold_in(seed, t): a stream of its own.
-    self.hash_seed = HashDraws(jax.random.key_data(rngs.params()))
-    self.hash_calls = HashDraws(jnp.zeros((), jnp.uint32))
+    if config.resample_hashes:  # call t draws its projections from fold_in(seed, t): a stream of its own
+      self.hash_seed = HashDraws(jax.random.key_data(rngs.params()))
+      self.hash_calls = HashDraws(jnp.zeros((), jnp.uint32))
 
   def __call__(self, q, k, v, mask=None, causal=False):
     if self.config.resample_hashes:

@@ -12,6 +12,7 @@ scaling.png and TensorBoard scalars to --outdir. Ratios are only ever taken betw
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from absl import app, flags, logging
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
 from experiments import cli
+from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
 KINDS = ('anna', 'full', 'lowrank', 'full_cudnn')  # full_cudnn: jax.nn.dot_product_attention's cuDNN kernel
@@ -281,18 +283,17 @@ def plot(records, path):
 def write_outputs(records, outdir, device, settings):
   os.makedirs(outdir, exist_ok=True)
   rows = [dataclasses.asdict(r) for r in records]
-  with open(os.path.join(outdir, 'scaling.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  table = io.StringIO()
+  csv_writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+  csv_writer.writeheader()
+  csv_writer.writerows(rows)
+  write_atomic(os.path.join(outdir, 'scaling.csv'), table.getvalue())
   summary = {'device': device, 'settings': settings, 'records': rows,
              'slopes_4k_256k': {f'{kind}/{mode}': fit_slope(records, kind, mode, 4096, 262144)
                                 for kind in KINDS for mode in MODES},
              'crossover': {mode: crossover(records, mode) for mode in MODES}}
-  with open(os.path.join(outdir, 'scaling.json'), 'w') as f:
-    json.dump(summary, f, indent=1)
-  with open(os.path.join(outdir, 'report.md'), 'w') as f:
-    f.write(report(records, device, settings))
+  write_atomic(os.path.join(outdir, 'scaling.json'), json.dumps(summary, indent=1))
+  write_atomic(os.path.join(outdir, 'report.md'), report(records, device, settings))
   plot(records, os.path.join(outdir, 'scaling.png'))
   writer = SummaryWriter(os.path.join(outdir, 'tb'))
   for r in records:
@@ -300,7 +301,6 @@ def write_outputs(records, outdir, device, settings):
       writer.scalars(r.n, {f'{r.mode}/{r.kind}/median_seconds': r.median_seconds,
                            f'{r.mode}/{r.kind}/peak_mib': r.peak_bytes / 2**20})
   writer.close()
-
 
 
 def fail(message):

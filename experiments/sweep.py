@@ -17,6 +17,7 @@ import jax
 from absl import logging
 
 from experiments import plots, train
+from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
 AXES = ('task', 'attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes', 'seed')
@@ -68,13 +69,6 @@ def shard(points, shard_index, num_shards):
   return points[shard_index::num_shards]
 
 
-def write_text_atomic(path, text):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def collect_results(workdir, names):
   results = []
   for name in names:
@@ -101,14 +95,11 @@ def write_reports(workdir, names):
   results = collect_results(workdir, names)
   if jax.process_index() != 0 or not results:
     return results
-  write_text_atomic(os.path.join(workdir, 'results.jsonl'),
+  write_atomic(os.path.join(workdir, 'results.jsonl'),
                     ''.join(json.dumps(r, sort_keys=True) + '\n' for r in results))
-  write_text_atomic(os.path.join(workdir, 'results.md'), markdown_table(results))
+  write_atomic(os.path.join(workdir, 'results.md'), markdown_table(results))
   png, height, width = plots.error_vs_depth(results)
-  plot_path = os.path.join(workdir, 'error_vs_depth.png')
-  with open(plot_path + '.tmp', 'wb') as f:
-    f.write(png)
-  os.replace(plot_path + '.tmp', plot_path)
+  write_atomic(os.path.join(workdir, 'error_vs_depth.png'), png)
   writer = SummaryWriter(os.path.join(workdir, 'tb'))
   writer.image(len(results), 'sweep/error_vs_depth', png, height, width)
   writer.close()
@@ -142,6 +133,6 @@ def run_sweep(config, workdir, shard_index=0, num_shards=1):
                                       label=f'[{i + 1}/{len(mine)}] {name}')
     durations.append(time.perf_counter() - t0)
     if jax.process_index() == 0:
-      train.write_json_atomic(result_path, result)
+      write_atomic(result_path, json.dumps(result, indent=1, sort_keys=True))
     write_reports(workdir, names)
   return write_reports(workdir, names)

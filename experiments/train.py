@@ -4,7 +4,6 @@ The data stream is a pure function of (seed, step): batches are sampled inside t
 resumed from a checkpoint sees exactly the batches it would have seen, and gives the same numbers.
 """
 
-import json
 import math
 import os
 import time
@@ -86,13 +85,6 @@ def loss_and_metrics(model, batch):
 def make_mesh(c):
   devices = jax.devices()[: c.num_devices or jax.device_count()]
   return jax.sharding.Mesh(np.array(devices), ('data',))
-
-
-def write_json_atomic(path, obj):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
 
 
 class Trainer:
