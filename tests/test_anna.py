@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from anna_jax import anna as anna_module
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections, hash_buckets
 from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
 from anna_jax.oracle import anna_dense_reference
@@ -45,6 +46,27 @@ def test_anna_equals_dense_oracle_outputs_and_gradients(causal, weighting, maske
   grads_ref = jax.grad(lambda *x: jnp.sum(oracle(*x) * probe), argnums=(0, 1, 2))(q, k, v)
   for g, g_ref in zip(grads, grads_ref):
     np.testing.assert_allclose(g, g_ref, atol=5e-5)
+
+
+def test_one_head_per_step_equals_batched_heads(monkeypatch):
+  # Long sequences run the (batch, head) loop one head at a time; force that path at a small n.
+  n = 40
+  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16)
+  q, k, v, proj = setup(n, config, seed=4)
+  mask = padding_mask(n, [40, 29])
+
+  def loss(q, k, v):
+    out, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=True)
+    return jnp.sum(jnp.sin(out)), (out, stats.dropped)
+
+  (_, (batched, dropped)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  monkeypatch.setattr(anna_module, '_TOKEN_BUDGET', 1)
+  (_, (one_by_one, dropped_again)), grads_again = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  assert float(dropped) > 0  # windows overflow, so both paths place the same windows, not just the full set
+  np.testing.assert_allclose(one_by_one, batched, atol=1e-6)
+  assert float(dropped_again) == float(dropped)
+  for g, g_again in zip(grads, grads_again):
+    np.testing.assert_allclose(g_again, g, atol=1e-6)
 
 
 def test_small_windows_equal_oracle_when_no_bucket_overflows():
