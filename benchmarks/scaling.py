@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import platform
 import statistics
 import time
 
@@ -115,6 +116,20 @@ def make_step(fn, mode):
     return jnp.sum(out.astype(jnp.float32) ** 2), dropped
 
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+
+
+def device_name():
+  """The accelerator's kind, or on CPU the processor model and core count (jax only says 'cpu')."""
+  device = jax.devices()[0]
+  if device.platform != 'cpu':
+    return device.device_kind
+  model = platform.processor() or 'cpu'
+  try:
+    with open('/proc/cpuinfo') as cpuinfo:
+      model = next(line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return f'{model}, {os.cpu_count()} cores'
 
 
 def memory_budget():
@@ -272,7 +287,7 @@ def plot(records, path):
         ax.loglog(*zip(*points), style, marker='o', label=f'{kind} {mode}')
   ax.set_xlabel('sequence length n')
   ax.set_ylabel('median seconds per call')
-  ax.set_title(f'Attention cost vs length ({jax.devices()[0].device_kind})')
+  ax.set_title(f'Attention cost vs length ({device_name()})')
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -317,12 +332,12 @@ def main(argv):
     lengths = [int(n) for n in _LENGTHS.value]
   except ValueError:
     fail(f'--lengths must be integers, got {_LENGTHS.value}')
-  platform = jax.devices()[0].platform
-  lengths = lengths or list(CPU_LENGTHS if platform == 'cpu' else ACCELERATOR_LENGTHS)
+  backend = jax.devices()[0].platform
+  lengths = lengths or list(CPU_LENGTHS if backend == 'cpu' else ACCELERATOR_LENGTHS)
   if min(lengths) < 1 or min(_BATCH.value, _HEADS.value, _HEAD_DIM.value, _REPEATS.value, _CHUNK.value,
                              _WINDOW.value, _TABLES.value) < 1:
     fail('lengths, batch, heads, head_dim, repeats, chunk_size, window and num_tables must be >= 1')
-  device = f'{jax.devices()[0].device_kind} ({platform}, {jax.device_count()} device(s) visible, 1 used)'
+  device = f'{device_name()} ({backend}, {jax.device_count()} device(s) visible, 1 used)'
   settings = dict(batch=_BATCH.value, heads=_HEADS.value, head_dim=_HEAD_DIM.value, dtype=_DTYPE.value,
                   num_tables=_TABLES.value, chunk_size=_CHUNK.value, window=_WINDOW.value,
                   num_hashes=_HASHES.value or 'auto', lowrank_features=_FEATURES.value,
