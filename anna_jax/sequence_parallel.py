@@ -8,7 +8,9 @@ Each of the P devices on mesh axis `axis` holds n / P consecutive tokens. Per ha
      and is merged over tables by logsumexp.
 Send buffers hold `capacity` tokens per (source, destination) pair; tokens beyond it are dropped and counted
 in `overflow_tokens`. A pair that collided in an earlier table is not counted again (union semantics), so
-when nothing overflows the output equals single-device ANNA and the dense oracle.
+when nothing overflows the output equals single-device ANNA and the dense oracle. "Collided" here means shared
+a bucket: when windows drop collisions, a pair dropped by an earlier table's window is skipped here, whereas
+single-device ANNA skips only pairs an earlier table actually attended, so the two can then differ.
 """
 
 import functools
