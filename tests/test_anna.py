@@ -108,6 +108,42 @@ def test_collision_count_matches_dense_count(causal):
   assert float(stats.collisions) == float(jnp.sum(collide))
 
 
+def attended_by_windows(q_buckets, k_buckets, chunk, window):
+  """Per table, pairs that share a bucket AND fall in the query chunk's window, placed as the module docstring
+  says (sort by bucket then position; window from the first key of the chunk's lowest bucket). Plain numpy."""
+  tables, n = q_buckets.shape
+  attended = np.zeros((tables, n, n), bool)
+  for t in range(tables):
+    q_order, k_order = np.argsort(q_buckets[t], kind='stable'), np.argsort(k_buckets[t], kind='stable')
+    for c in range(n // chunk):
+      queries = q_order[c * chunk:(c + 1) * chunk]
+      start = np.searchsorted(k_buckets[t][k_order], q_buckets[t][queries[0]], side='left')
+      keys = k_order[min(start, n - window):][:window]
+      for i in queries:
+        attended[t, i, keys] = k_buckets[t][keys] == q_buckets[t][i]
+  return attended
+
+
+@pytest.mark.parametrize('weighting', ['softmax', 'uniform'])
+def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting):
+  # Windows far smaller than the buckets: most collisions are dropped, and a pair dropped by one table but
+  # attended by another must still count, exactly once.
+  n = 64
+  config = ANNAConfig(num_tables=3, num_hashes=1, chunk_size=8, window=8, weighting=weighting)
+  q, k, v, proj = setup(n, config, seed=6)
+  out, stats = anna_attention(q, k, v, proj, config)
+  assert float(stats.dropped_fraction) > 0.5
+  q_buckets, k_buckets = np.asarray(hash_buckets(q, proj)), np.asarray(hash_buckets(k, proj))
+  expected = np.zeros(out.shape)
+  for b in range(q.shape[0]):
+    for h in range(q.shape[2]):
+      union = attended_by_windows(q_buckets[b, h], k_buckets[b, h], 8, 8).any(axis=0)
+      scores = np.asarray(q[b, :, h] @ k[b, :, h].T) / np.sqrt(q.shape[-1])
+      weights = np.where(union, np.exp(scores) if weighting == 'softmax' else 1.0, 0.0)
+      expected[b, :, h] = weights @ np.asarray(v[b, :, h]) / np.maximum(weights.sum(-1, keepdims=True), 1e-30)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
 def test_overflow_is_counted_and_changes_output():
   n = 64
   config = ANNAConfig(num_tables=2, num_hashes=1, chunk_size=8, window=8)
