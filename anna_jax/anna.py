@@ -1,259 +1,165 @@
-"""ANNA: Approximate Nearest Neighbour Attention by LSH bucketing and sort-based grouping.
+"""ANNA as the paper defines it: Algorithm 1 of arXiv 2509.09001 (attention kind `anna`).
 
-Query i may attend to key j iff they share a bucket in at least one of `num_tables` hash tables; each
-table concatenates `num_hashes` random-hyperplane sign bits. Queries and keys are hashed separately with
-the same projections. Per table and per (batch, head):
+l hash tables, each the concatenation of z angular LSH functions (`anna_jax.lsh`); queries and keys are hashed
+separately with the same functions. Per table every bucket holds the SUM of the values and the COUNT of the
+keys hashed into it; a query adds the (sum, count) of the bucket it hits in each table and outputs sum / count.
+So w_ij = c_ij / sum_j' c_ij', with c_ij the number of tables in which q_i and k_j collide: a key colliding in
+t tables weighs t times (multiplicity, not union). There is no q.k product, no softmax and no dropped pair.
 
-  1. sort queries and keys by the int32 key `bucket * n + position`,
-  2. cut the sorted queries into chunks of `chunk_size`; each chunk reads a window of `window` sorted keys
-     that starts at the first key of the chunk's lowest bucket,
-  3. inside the window keep only pairs whose buckets match (and the padding / causal masks),
-  4. unsort, and merge the tables with a running logsumexp.
+- Non-causal: per table a scatter-add of (v, 1) into the buckets and a gather per query. No sort.
+- Causal (not in the paper; k-hop / induction heads need it): query i counts only keys j <= i. Per table, keys
+  and queries are sorted together by (bucket, position) with a key placed before the query at its own
+  position; a prefix sum over the sorted values gives each query its bucket's sum up to its position.
+  O(n log n), still exact. The same sorted path serves non-causal attention when the buckets outnumber the keys.
+- Tables run in a `lax.scan` (the paper's Algorithm 2): memory O(n * d) per step, never n x n. Batch and
+  heads are one batched computation (no per-head loop). Sums accumulate in float32 whatever the input dtype.
+- A query with no colliding key outputs zeros; padded queries output zeros, padded keys are never counted.
 
-A pair seen in an earlier table is masked out of later ones, so the softmax is over the UNION of the
-colliding keys (a key colliding in several tables counts once). Nothing of size n x n is built: the work
-is O(n * window) per table and head. Collisions that fall outside a window are counted and reported as
-`dropped_fraction`; when it is zero the output equals the dense-mask oracle (`anna_jax.oracle`).
+Gradients: the output is linear in v, so v gets exact gradients; the bucket assignment is piecewise constant in
+q and k, so q and k get none (zero). A model trained with `anna` cannot learn its queries and keys: the paper
+trains the `unit_softmax` surrogate and swaps Algorithm 1 in for evaluation.
 """
 
 import dataclasses
-import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-_NEG = -1e30  # finite "minus infinity": exp(_NEG - _NEG) stays 1, never NaN
-_TOKEN_BUDGET = 1 << 13  # tokens per step of the (batch * head) loop: one head's working set stays in cache
-_PAIR_BUDGET = 1 << 16  # (query, key) pairs per step of the chunk loop: keeps score tiles in cache
+from anna_jax import lsh
 
 
 @dataclasses.dataclass(frozen=True)
 class ANNAConfig:
   num_tables: int = 4  # l: independent hash tables
-  num_hashes: int = 3  # z: sign bits per table, 2**z buckets
-  chunk_size: int = 64  # sorted queries per chunk
-  window: int = 128  # sorted keys each chunk reads (clipped to the padded length)
-  weighting: str = 'softmax'  # 'softmax' or 'uniform' over the colliding keys
-  resample_hashes: bool = False  # False: projections fixed per layer; True: redrawn every call
+  num_hashes: int = 3  # z: hashes concatenated per table
+  family: str = 'hyperplane'  # 'hyperplane' (2**z buckets per table) or 'crosspolytope' ((2 d')**z)
+  crosspolytope_dim: int = 0  # d' of each cross-polytope hash; 0 = head_dim
+  resample_hashes: bool = False  # False: hash functions fixed per layer; True: redrawn every call
 
   def validate(self):
     if self.num_tables < 1 or self.num_hashes < 0:
       raise ValueError(f'ANNA needs num_tables >= 1 and num_hashes >= 0, got {self.num_tables}, {self.num_hashes}')
-    if self.chunk_size < 1 or self.window < 1:
-      raise ValueError(f'ANNA needs chunk_size >= 1 and window >= 1, got {self.chunk_size}, {self.window}')
-    if self.weighting not in ('softmax', 'uniform'):
-      raise ValueError(f"ANNA weighting must be 'softmax' or 'uniform', got {self.weighting!r}")
+    lsh.validate_family(self.family)
+    if self.crosspolytope_dim < 0:
+      raise ValueError(f'crosspolytope_dim must be >= 0, got {self.crosspolytope_dim}')
 
 
 class ANNAStats(NamedTuple):
-  collisions: jax.Array  # (query, key, table) collisions allowed by the masks, summed
-  dropped: jax.Array  # of those, the ones outside the query's window
-
-  @property
-  def dropped_fraction(self):
-    return self.dropped / jnp.maximum(self.collisions, 1.0)
+  no_collision_fraction: jax.Array  # share of real queries whose buckets hold no key in any table
+  mean_collisions: jax.Array  # (key, table) collisions per real query: sum_j c_ij, averaged
 
 
 def draw_projections(key, num_heads, head_dim, config):
-  """Random hyperplanes, shape (heads, tables, head_dim, hashes)."""
-  return jax.random.normal(key, (num_heads, config.num_tables, head_dim, config.num_hashes), jnp.float32)
+  """The hash functions of one layer (see `anna_jax.lsh.draw` for their shapes)."""
+  return lsh.draw(key, num_heads, head_dim, config.num_tables, config.num_hashes, config.family,
+                  config.crosspolytope_dim)
 
 
-def hash_buckets(x, projections):
-  """Bucket ids of x (batch, n, heads, dim): (batch, heads, tables, n) int32 in [0, 2**hashes).
+def _scatter_table(q_ids, k_ids, v, k_valid, num_ids):
+  """(bucket sums, bucket counts) read by each query, by a scatter-add into the buckets and a gather."""
+  batch, _, heads, dim = v.shape
+  b = jnp.arange(batch)[:, None, None]
+  h = jnp.arange(heads)[None, None, :]
+  k_ids = jnp.where(k_valid[:, :, None], k_ids, num_ids)  # padded keys land in a bucket no query reads
+  sums = jnp.zeros((batch, num_ids + 1, heads, dim), jnp.float32).at[b, k_ids, h].add(v.astype(jnp.float32))
+  counts = jnp.zeros((batch, num_ids + 1, heads), jnp.int32).at[b, k_ids, h].add(1)
+  return sums[b, q_ids, h], counts[b, q_ids, h]
 
-  Cost O(n * dim * hashes * tables): the number of buckets never enters a matmul.
+
+def _blocked_cumsum(x, block=16):
+  """Inclusive cumsum along axis 1: a small lower-triangular matmul inside blocks, then the block totals.
+
+  On CPU about 2x faster than jnp.cumsum (XLA's lowering makes several passes), a matmul on accelerators, and
+  block-local partial sums round less than one long running sum.
   """
-  bits = jnp.einsum('bnhd,hldz->bhlnz', x, projections.astype(x.dtype)) > 0
-  weights = 2 ** jnp.arange(projections.shape[-1], dtype=jnp.int32)
-  return jnp.sum(bits.astype(jnp.int32) * weights, axis=-1)
+  batch, n = x.shape[:2]
+  pad = -n % block
+  blocks = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)).reshape(batch, -1, block, *x.shape[2:])
+  inner = jnp.einsum('ij,bcj...->bci...', jnp.tril(jnp.ones((block, block), x.dtype)), blocks)
+  carry = jnp.cumsum(inner[:, :, -1], axis=1) - inner[:, :, -1]  # totals of the blocks before
+  return (inner + carry[:, :, None]).reshape(batch, n + pad, *x.shape[2:])[:, :n]
 
 
-class _Route(NamedTuple):
-  """Where one table puts the query and key slots of one (batch, head); int32 arrays of length n."""
-  q_order: jax.Array  # sorted position -> query slot
-  q_rank: jax.Array  # query slot -> sorted position
-  k_order: jax.Array
-  k_rank: jax.Array
-  window_start: jax.Array  # (n_chunks,) first sorted key each query chunk reads
-  q_window_start: jax.Array  # query slot -> window_start of its chunk
-  q_bucket: jax.Array  # bucket per query slot, padding -> sentinel
-  k_bucket: jax.Array
-  collisions: jax.Array  # per query slot: keys sharing its bucket (after masks)
+def _sorted_table(q_ids, k_ids, v, k_valid, num_ids, causal):
+  """(bucket sums, bucket counts) read by each query from prefix sums over keys sorted by (bucket, position).
 
-
-def _sort_slots(keys, span, slots_are_positions):
-  """Sorts the int32 keys bucket * span + position; returns (sorted keys, slot of each sorted key)."""
-  if slots_are_positions:
-    # The slot is the key's remainder, so one single-operand sort does (on CPU ~6x faster than key-value).
-    keys = jnp.sort(keys)
-    return keys, keys % span
-  return jax.lax.sort_key_val(keys, jnp.arange(keys.shape[0], dtype=jnp.int32))
-
-
-def _route(q_bucket, k_bucket, q_valid, k_valid, q_position, k_position, *, span, num_buckets, chunk, window,
-           causal, slots_are_positions=False):
-  """Sorts slots by the int32 key bucket * span + position (positions are < span) and places the windows.
-
-  slots_are_positions: the positions are 0, 1, ..., n - 1 (single-device ANNA), which allows a cheaper sort.
+  Keys and queries are sorted together. Causal: the order within a bucket is 2 * position (+1 for a query), so
+  key j precedes query i iff j <= i. Otherwise every query follows every key of its bucket. For a query, the
+  keys sorted before it minus the keys before its bucket's first element are exactly the keys it counts.
   """
-  slot = jnp.arange(q_bucket.shape[0], dtype=jnp.int32)
-  # Padding goes to a sentinel bucket past the real ones, so it sorts last and never matches a real bucket.
-  q_bucket = jnp.where(q_valid, q_bucket, num_buckets)
-  k_bucket = jnp.where(k_valid, k_bucket, num_buckets)
-  q_keys, q_order = _sort_slots(q_bucket * span + q_position, span, slots_are_positions)
-  k_keys, k_order = _sort_slots(k_bucket * span + k_position, span, slots_are_positions)
-  q_rank = jnp.zeros_like(slot).at[q_order].set(slot)
-  k_rank = jnp.zeros_like(slot).at[k_order].set(slot)
-  chunk_bucket = q_keys[::chunk] // span
-  window_start = jnp.searchsorted(k_keys, chunk_bucket * span, side='left').astype(jnp.int32)
-  window_start = jnp.clip(window_start, 0, k_bucket.shape[0] - window)
-  q_window_start = window_start[q_rank // chunk]
-  # Exact number of keys colliding with each query in this table, from the sorted keys alone.
-  first = jnp.searchsorted(k_keys, q_bucket * span, side='left')
+  batch, n, heads = q_ids.shape
+  b = jnp.arange(batch)[:, None, None]
+  h = jnp.arange(heads)[None, None, :]
+  position = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32)[None, :, None], q_ids.shape)
+  k_ids = jnp.where(k_valid[:, :, None], k_ids, num_ids)  # padded keys sort after every query
   if causal:
-    last = jnp.searchsorted(k_keys, q_bucket * span + q_position, side='right')
+    order = jnp.concatenate([2 * position, 2 * position + 1], axis=1)
   else:
-    last = jnp.searchsorted(k_keys, (q_bucket + 1) * span, side='left')
-  collisions = jnp.where(q_valid, last - first, 0)
-  return _Route(q_order, q_rank, k_order, k_rank, window_start, q_window_start, q_bucket, k_bucket, collisions)
+    order = jnp.concatenate([position, n + position], axis=1)
+  ids = jnp.concatenate([k_ids, q_ids], axis=1)  # (batch, 2n, heads)
+  span = 2 * n
+  if (num_ids + 1) * span <= 2**31:  # one packed int32 key: a single-operand sort (much faster on CPU)
+    packed = jnp.sort(ids * span + order, axis=1)
+    ids, order = packed // span, packed % span
+  else:
+    ids, order = jax.lax.sort((ids, order), dimension=1, num_keys=2)
+  is_query = (order & 1 if causal else order // n) == 1
+  slot = order // 2 if causal else order % n  # the element's position in the sequence
+  keys_before = jnp.cumsum(~is_query, axis=1, dtype=jnp.int32) - (~is_query)  # keys strictly before, sorted
+  index = jnp.arange(span, dtype=jnp.int32)[None, :, None]
+  first = jnp.concatenate([jnp.ones_like(ids[:, :1]), ids[:, 1:] != ids[:, :-1]], axis=1)
+  bucket_start = jax.lax.cummax(jnp.where(first, index, 0), axis=1)
+  lo = jnp.take_along_axis(keys_before, bucket_start, axis=1)
+  # The k-th key in sorted order, by position; then prefix sums of the values in that order.
+  key_rank = jnp.where(is_query, n, keys_before)  # queries are routed past the end and dropped
+  key_order = jnp.zeros_like(q_ids).at[b, key_rank, h].set(slot, mode='drop')
+  prefix = _blocked_cumsum(v[b, key_order, h].astype(jnp.float32))  # (batch, n, heads, dim)
+  # lo and hi (= keys_before) of every query, back in sequence order.
+  query_slot = jnp.where(is_query, slot, n)
+  q_lo = jnp.zeros_like(q_ids).at[b, query_slot, h].set(lo, mode='drop')
+  q_hi = jnp.zeros_like(q_ids).at[b, query_slot, h].set(keys_before, mode='drop')
 
+  def prefix_at(count):  # sum of the first `count` sorted values
+    return jnp.where((count > 0)[..., None], prefix[b, jnp.maximum(count - 1, 0), h], 0.0)
 
-def _table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, counted_before, *, chunk, window,
-                     causal, weighting, scale):
-  """One table's bucket-masked window attention for one (batch, head), in query-slot order.
-
-  counted_before(q_slot (chunk,), k_slot (window,)) -> (chunk, window) bool mask of the pairs an earlier table
-  already counted. Returns (max, numerator, denominator) per query slot for the logsumexp merge, and the
-  number of in-window pairs.
-  """
-  n, d = q.shape
-  q_slots = r.q_order.reshape(n // chunk, chunk)
-  k_slots = r.k_order[r.window_start[:, None] + jnp.arange(window)]  # (n_chunks, window)
-
-  def one_chunk(slots):
-    q_slot, k_slot = slots
-    allowed = (r.q_bucket[q_slot][:, None] == r.k_bucket[k_slot][None, :])
-    allowed &= q_valid[q_slot][:, None] & k_valid[k_slot][None, :]
-    if causal:
-      allowed &= k_position[k_slot][None, :] <= q_position[q_slot][:, None]
-    new = allowed & ~counted_before(q_slot, k_slot)
-    if weighting == 'softmax':
-      scores = q[q_slot] @ k[k_slot].T * scale
-      m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, _NEG), axis=-1))
-      p = jnp.exp(jnp.where(new, scores - m[:, None], _NEG))  # where inside exp: finite grads
-    else:
-      m = jnp.zeros((chunk,), q.dtype)
-      p = new.astype(q.dtype)
-    return m, p @ v[k_slot], jnp.sum(p, axis=-1), jnp.sum(allowed, dtype=jnp.float32)
-
-  # Chunks run in groups whose score tiles stay cache-sized: the cost stays linear in n.
-  group = max(1, _PAIR_BUDGET // (chunk * window))
-  m, num, den, in_window = jax.lax.map(one_chunk, (q_slots, k_slots), batch_size=group)
-  return (m.reshape(n)[r.q_rank], num.reshape(n, d)[r.q_rank], den.reshape(n)[r.q_rank]), jnp.sum(in_window)
-
-
-def _merge(acc, part):
-  """Logsumexp merge of two (max, numerator, denominator) triples."""
-  (m_a, num_a, den_a), (m_b, num_b, den_b) = acc, part
-  m = jnp.maximum(m_a, m_b)
-  a, b = jnp.exp(m_a - m), jnp.exp(m_b - m)
-  return m, num_a * a[:, None] + num_b * b[:, None], den_a * a + den_b * b
-
-
-def _empty_merge_state(n, d, dtype):
-  return jnp.full((n,), _NEG, dtype), jnp.zeros((n, d), dtype), jnp.zeros((n,), dtype)
-
-
-def _normalise(state):
-  _, num, den = state
-  return num / jnp.where(den > 0, den, 1.0)[:, None]  # a query with no colliding key outputs zeros
-
-
-def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_buckets, chunk, window, causal,
-                   weighting, scale):
-  """q, k, v: (n, d); buckets: (tables, n). Returns output (n, d), collisions, dropped (scalars)."""
-  n, d = q.shape
-  num_tables = q_buckets.shape[0]
-  position = jnp.arange(n, dtype=jnp.int32)
-  route = functools.partial(_route, q_valid=q_valid, k_valid=k_valid, q_position=position, k_position=position,
-                            span=n, num_buckets=num_buckets, chunk=chunk, window=window, causal=causal,
-                            slots_are_positions=True)
-  routes = jax.vmap(route)(q_buckets, k_buckets)
-  # Table s attended the pair (i, j) iff j's bucket equals i's AND j's sorted rank lies in i's window. With
-  # ranks and window starts below n, both hold iff 0 <= k_code[j] - q_code[i] < window: one test per table.
-  q_code = routes.q_bucket * n + routes.q_window_start  # (tables, n)
-  k_code = routes.k_bucket * n + routes.k_rank
-
-  def table_step(state, xs):
-    t, r = xs
-    # Tables t, t+1, ... get a query code no key code reaches (offset < 0), so only earlier tables can match.
-    q_code_before = jnp.where(jnp.arange(num_tables)[:, None] < t, q_code, jnp.iinfo(jnp.int32).max)
-
-    def seen_earlier(q_slot, k_slot):
-      # Union semantics: a pair an earlier table attended is not counted again, so each key counts once.
-      offset = k_code[:, k_slot][:, None, :] - q_code_before[:, q_slot][:, :, None]
-      return jnp.any(jax.lax.bitcast_convert_type(offset, jnp.uint32) < window, axis=0)  # 0 <= offset < window
-
-    part, in_window = _table_attention(q, k, v, r, q_valid, k_valid, position, position, seen_earlier,
-                                       chunk=chunk, window=window, causal=causal, weighting=weighting, scale=scale)
-    return _merge(state, part), in_window
-
-  state, in_window = jax.lax.scan(table_step, _empty_merge_state(n, d, q.dtype), (jnp.arange(num_tables), routes))
-  collisions = jnp.sum(routes.collisions, dtype=jnp.float32)
-  return _normalise(state), collisions, collisions - jnp.sum(in_window)
+  return prefix_at(q_hi) - prefix_at(q_lo), q_hi - q_lo
 
 
 def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
-  """ANNA over q, k, v of shape (batch, n, heads, head_dim).
+  """Algorithm 1 over q, k, v of shape (batch, n, heads, head_dim).
 
   Args:
-    projections: (heads, tables, head_dim, hashes) hyperplanes, see `draw_projections`.
-    config: ANNAConfig (chunk_size, window, weighting are read here).
-    mask: optional (batch, n) bool, True for real tokens. Padded queries output zeros.
-    causal: query i only sees keys j <= i.
+    projections: the layer's hash functions, see `draw_projections`.
+    config: ANNAConfig (its family is read here; tables and hashes come from the projections' shape).
+    mask: optional (batch, n) bool, True for real tokens.
+    causal: query i only counts keys j <= i.
   Returns:
-    (output of shape (batch, n, heads, head_dim), ANNAStats)
+    (output of v's shape and dtype, ANNAStats). Gradients flow to v only (see the module docstring).
   """
   config.validate()
   batch, n, heads, dim = q.shape
-  num_hashes = projections.shape[-1]
-  chunk = config.chunk_size
-  n_pad = -(-n // chunk) * chunk
-  window = min(config.window, n_pad)
-  if (2**num_hashes + 1) * n_pad >= 2**31:
-    raise ValueError(f'ANNA sort key overflows int32: (2**{num_hashes} + 1) * {n_pad} >= 2**31; '
-                     'use fewer hashes or a shorter sequence')
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
-  q_buckets = hash_buckets(q, projections)  # (batch, heads, tables, n)
-  k_buckets = hash_buckets(k, projections)
+  # Hash every table up front: one projection per input rather than one per table (XLA would re-transpose q
+  # and k for each table's small matmul). The ids are int32, (batch, n, heads, tables): small beside v.
+  q_ids, k_ids, num_ids = lsh.bucket_ids(q, k, projections, config.family)
 
-  pad = n_pad - n
-  if pad:
-    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    q_buckets, k_buckets = (jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad))) for x in (q_buckets, k_buckets))
-    valid = jnp.pad(valid, ((0, 0), (0, pad)))
+  def table_step(carry, ids):
+    sums, counts = carry
+    q_ids, k_ids = ids
+    if causal or num_ids > n:  # buckets outnumbering keys: the sorted path keeps memory O(n)
+      table_sums, table_counts = _sorted_table(q_ids, k_ids, v, valid, num_ids, causal)
+    else:
+      table_sums, table_counts = _scatter_table(q_ids, k_ids, v, valid, num_ids)
+    return (sums + table_sums, counts + table_counts), None
 
-  def one_head(index):
-    # Slice this (batch, head) out inside the loop rather than transposing q, k, v up front: at long
-    # lengths a transposed copy of the inputs would dominate peak memory.
-    b, h = index // heads, index % heads
-
-    def pick(x, head_axis):  # x[b] with its head axis (counted after dropping batch) indexed by h
-      return jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(x, b, 0, False), h, head_axis, False)
-
-    row_valid = jax.lax.dynamic_index_in_dim(valid, b, 0, False)
-    return _anna_one_head(pick(q, 1), pick(k, 1), pick(v, 1), pick(q_buckets, 0), pick(k_buckets, 0),
-                          row_valid, row_valid, num_buckets=2**num_hashes, chunk=chunk, window=window,
-                          causal=causal, weighting=config.weighting, scale=1.0 / math.sqrt(dim))
-
-  # Long sequences run one head at a time (cache locality, bounded memory); short ones batch many heads.
-  heads_per_step = max(1, min(batch * heads, _TOKEN_BUDGET // n_pad))
-  # A batch of one would give every gather in the loop a unit batch dimension (measurably slower on CPU).
-  out, collisions, dropped = jax.lax.map(one_head, jnp.arange(batch * heads),
-                                         batch_size=heads_per_step if heads_per_step > 1 else None)
-  out = out.reshape(batch, heads, n_pad, dim).transpose(0, 2, 1, 3)[:, :n]
-  stats = ANNAStats(jax.lax.stop_gradient(jnp.sum(collisions)), jax.lax.stop_gradient(jnp.sum(dropped)))
-  return out, stats
+  init = (jnp.zeros((batch, n, heads, dim), jnp.float32), jnp.zeros((batch, n, heads), jnp.int32))
+  (sums, counts), _ = jax.lax.scan(table_step, init, (jnp.moveaxis(q_ids, 3, 0), jnp.moveaxis(k_ids, 3, 0)))
+  q_valid = valid[:, :, None]
+  out = jnp.where(q_valid[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)  # no collision: zeros
+  real = jnp.maximum(jnp.sum(q_valid) * heads, 1)
+  counts = jnp.where(q_valid, counts, 0)
+  stats = ANNAStats(
+      no_collision_fraction=jnp.sum((counts == 0) & q_valid) / real,
+      mean_collisions=jnp.sum(counts, dtype=jnp.float32) / real)
+  return out.astype(v.dtype), jax.tree.map(jax.lax.stop_gradient, stats)

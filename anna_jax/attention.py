@@ -1,38 +1,59 @@
-"""Attention cores behind one interface, chosen by AttentionConfig.kind.
+"""Attention cores behind one interface, chosen by AttentionConfig.kind: the one registry of kinds.
 
 Every core maps q, k, v of shape (batch, n, heads, head_dim), a (batch, n) padding mask (True = real
 token) and a causal flag to (output of the same shape, stats dict of scalars).
+
+| kind         | what                                                              | paper's?            |
+| full         | softmax(q.k / sqrt(d)) (jax.nn.dot_product_attention)             | baseline            |
+| full_blockwise | the same, block by block with an online softmax: O(n) memory    | baseline            |
+| unit_softmax | softmax(beta * q.k) over unit-norm q, k                           | the training surrogate |
+| anna         | Algorithm 1: bucket sums / counts over l tables (no gradient to q, k) | ANNA itself      |
+| anna_softmax | softmax over ANNA's collision set, sorted windows (drops overflow) | ours, trainable     |
+| lowrank      | Performer (FAVOR+) random features                                | baseline            |
+| reformer     | Reformer LSH attention: shared QK, sorted chunks + previous chunk | baseline            |
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
-from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
+from anna_jax.anna import anna_attention, draw_projections
+from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
+from anna_jax.baselines import (draw_random_features, full_attention, full_blockwise_attention, lowrank_attention,
+                                unit_softmax_attention)
+from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 
-KINDS = ('full', 'anna', 'lowrank')
+KINDS = ('full', 'full_blockwise', 'unit_softmax', 'anna', 'anna_softmax', 'lowrank', 'reformer')
+HASHING_KINDS = ('anna', 'anna_softmax')
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
   kind: str = 'full'  # one of KINDS
-  anna: ANNAConfig = ANNAConfig()
+  # Hashing of `anna` and `anna_softmax`; `anna` reads only the ANNAConfig fields (tables, hashes, family).
+  anna: ANNASoftmaxConfig = ANNASoftmaxConfig()
+  reformer: ReformerConfig = ReformerConfig()
+  beta: float = 1.0  # unit_softmax temperature
   lowrank_features: int = 64  # random features of the low-rank (Performer) baseline
 
   def validate(self):
     if self.kind not in KINDS:
       raise ValueError(f'attention kind must be one of {KINDS}, got {self.kind!r}')
-    if self.kind == 'anna':
+    if self.kind in HASHING_KINDS:
       self.anna.validate()
+    if self.kind == 'reformer':
+      self.reformer.validate()
+    if not self.beta > 0:
+      raise ValueError(f'beta must be > 0, got {self.beta}')
     if self.lowrank_features < 1:
       raise ValueError(f'lowrank_features must be >= 1, got {self.lowrank_features}')
 
 
 class HashProjections(nnx.Variable):
-  """ANNA's random hyperplanes: state that is checkpointed but never trained."""
+  """Hash functions of ANNA, anna_softmax and Reformer: state that is checkpointed but never trained."""
 
 
 class HashDraws(nnx.Variable):
@@ -44,31 +65,71 @@ class RandomFeatures(nnx.Variable):
 
 
 class FullAttention(nnx.Module):
-  def __init__(self, num_heads, head_dim, *, rngs):
-    del num_heads, head_dim, rngs
+  def __init__(self, blockwise=False):
+    self.blockwise = blockwise
 
   def __call__(self, q, k, v, mask=None, causal=False):
-    return full_attention(q, k, v, mask=mask, causal=causal), {}
+    attend = full_blockwise_attention if self.blockwise else full_attention
+    return attend(q, k, v, mask=mask, causal=causal), {}
 
 
-class ANNAAttention(nnx.Module):
-  def __init__(self, config: ANNAConfig, num_heads, head_dim, *, rngs):
-    config.validate()
-    self.config = config
-    self.num_heads, self.head_dim = num_heads, head_dim
-    self.projections = HashProjections(draw_projections(rngs.params(), num_heads, head_dim, config))
-    if config.resample_hashes:  # call t draws its projections from fold_in(seed, t): a stream of its own
+class UnitSoftmaxAttention(nnx.Module):
+  def __init__(self, beta):
+    self.beta = beta
+
+  def __call__(self, q, k, v, mask=None, causal=False):
+    return unit_softmax_attention(q, k, v, beta=self.beta, mask=mask, causal=causal), {}
+
+
+class HashFunctions(nnx.Module):
+  """A layer's hash functions, drawn by `draw(key)`: fixed (checkpointed, never trained) or, with `resample`,
+  redrawn on every call from fold_in(seed, call): a stream of its own."""
+
+  def __init__(self, draw, resample, *, rngs):
+    self.draw, self.resample = draw, resample
+    self.projections = HashProjections(draw(rngs.params()))
+    if resample:
       self.hash_seed = HashDraws(jax.random.key_data(rngs.params()))
       self.hash_calls = HashDraws(jnp.zeros((), jnp.uint32))
 
+  def __call__(self):
+    if not self.resample:
+      return self.projections[...]
+    key = jax.random.fold_in(jax.random.wrap_key_data(self.hash_seed[...]), self.hash_calls[...])
+    self.hash_calls[...] = self.hash_calls[...] + 1
+    return self.draw(key)
+
+
+class HashingAttention(nnx.Module):
+  """`anna` (Algorithm 1) or `anna_softmax`."""
+
+  def __init__(self, kind, config: ANNASoftmaxConfig, num_heads, head_dim, *, rngs):
+    config.validate()
+    self.kind, self.config = kind, config
+    draw = functools.partial(draw_projections, num_heads=num_heads, head_dim=head_dim, config=config)
+    self.hashes = HashFunctions(draw, config.resample_hashes, rngs=rngs)
+
   def __call__(self, q, k, v, mask=None, causal=False):
-    if self.config.resample_hashes:
-      key = jax.random.fold_in(jax.random.wrap_key_data(self.hash_seed[...]), self.hash_calls[...])
-      self.hash_calls[...] = self.hash_calls[...] + 1
-      projections = draw_projections(key, self.num_heads, self.head_dim, self.config)
-    else:
-      projections = self.projections[...]
-    out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
+    projections = self.hashes()
+    if self.kind == 'anna':
+      # Hash the unit-normalised q and k, as the unit_softmax surrogate sees them (angular LSH is
+      # scale-invariant, so this only makes the correspondence explicit).
+      q, k = (x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12)) for x in (q, k))
+      out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
+      return out, stats._asdict()
+    out, stats = anna_softmax_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
+    return out, {'dropped_fraction': stats.dropped_fraction}
+
+
+class ReformerAttention(nnx.Module):
+  def __init__(self, config: ReformerConfig, num_heads, head_dim, *, rngs):
+    config.validate()
+    self.config = config
+    draw = functools.partial(draw_rotations, num_heads=num_heads, head_dim=head_dim, config=config)
+    self.hashes = HashFunctions(draw, config.resample_hashes, rngs=rngs)
+
+  def __call__(self, q, k, v, mask=None, causal=False):
+    out, stats = reformer_attention(q, k, v, self.hashes(), self.config, mask=mask, causal=causal)
     return out, {'dropped_fraction': stats.dropped_fraction}
 
 
@@ -82,8 +143,12 @@ class LowRankAttention(nnx.Module):
 
 def make_attention(config: AttentionConfig, num_heads, head_dim, *, rngs):
   config.validate()
-  if config.kind == 'anna':
-    return ANNAAttention(config.anna, num_heads, head_dim, rngs=rngs)
+  if config.kind in HASHING_KINDS:
+    return HashingAttention(config.kind, config.anna, num_heads, head_dim, rngs=rngs)
+  if config.kind == 'unit_softmax':
+    return UnitSoftmaxAttention(config.beta)
+  if config.kind == 'reformer':
+    return ReformerAttention(config.reformer, num_heads, head_dim, rngs=rngs)
   if config.kind == 'lowrank':
     return LowRankAttention(config.lowrank_features, num_heads, head_dim, rngs=rngs)
-  return FullAttention(num_heads, head_dim, rngs=rngs)
+  return FullAttention(blockwise=config.kind == 'full_blockwise')

@@ -1,4 +1,5 @@
-"""The attentions ANNA is measured against: quadratic softmax and Performer-style low rank."""
+"""The attentions ANNA is measured against (quadratic softmax, Performer-style low rank) and the paper's
+training surrogate (softmax over unit-normalised queries and keys)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,23 @@ def full_attention(q, k, v, *, mask=None, causal=False, implementation=None):
   """
   key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
   out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation)
+  if mask is not None:
+    out = out * mask[:, :, None, None].astype(out.dtype)
+  return out
+
+
+def unit_softmax_attention(q, k, v, *, beta, mask=None, causal=False):
+  """The paper's surrogate for ANNA: softmax(beta * q.k) over unit-normalised q and k, no 1 / sqrt(d).
+
+  Angular LSH sees only directions, so a model trained with it can be evaluated with `anna` hashing the same
+  normalised queries and keys. The norms are floored so a zero vector stays finite.
+  """
+  def unit(x):
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.maximum(jnp.sum(x32 * x32, axis=-1, keepdims=True), 1e-12))).astype(x.dtype)
+
+  key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
+  out = jax.nn.dot_product_attention(unit(q), unit(k), v, mask=key_mask, is_causal=causal, scale=beta)
   if mask is not None:
     out = out * mask[:, :, None, None].astype(out.dtype)
   return out
@@ -51,3 +69,63 @@ def lowrank_attention(q, k, v, features, *, mask=None, causal=False):
     out = jnp.einsum('bnhm,bhmd->bnhd', phi_q, jnp.einsum('bnhm,bnhd->bhmd', phi_k, v))
     norm = jnp.einsum('bnhm,bhm->bnh', phi_q, jnp.sum(phi_k, axis=1))
   return out / jnp.maximum(norm, 1e-30)[..., None] * valid[:, :, None, None]
+
+
+def full_blockwise_attention(q, k, v, *, mask=None, causal=False, block=512):
+  """Exact softmax(q.k / sqrt(d)) attention computed block by block with an online softmax (flash-style).
+
+  Memory O(n * d + block**2) per (batch, head) instead of O(n**2): a loop over query blocks, and for each an
+  inner loop over key blocks (causal: blocks past the diagonal are skipped by a cond, so about half are never
+  computed) that keeps a running max, denominator and numerator. Scores and sums are float32 whatever the input
+  dtype. Padded queries output zeros; a query whose keys are all masked outputs zeros. Differentiable: the
+  inner step is rematerialised, so the backward pass keeps only the running state of each step.
+  """
+  batch, n, heads, dim = q.shape
+  block = min(block, n)
+  pad = -n % block
+  num_blocks = (n + pad) // block
+  valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
+  valid = jnp.pad(valid, ((0, 0), (0, pad)))
+
+  def head_major(x):  # (batch, n, heads, dim) -> (batch * heads, blocks, block, dim)
+    x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    return jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * heads, num_blocks, block, dim)
+
+  qb, kb, vb = head_major(q * jnp.asarray(dim**-0.5, q.dtype)), head_major(k), head_major(v)
+  key_valid = jnp.repeat(valid, heads, axis=0).reshape(batch * heads, num_blocks, block)
+  offsets = jnp.arange(block)
+
+  def query_block(i):
+    qi = qb[:, i]
+
+    @jax.checkpoint
+    def update(j, carry):
+      m, den, num = carry
+      s = jnp.einsum('xqd,xkd->xqk', qi, kb[:, j], preferred_element_type=jnp.float32)
+      allowed = key_valid[:, j][:, None, :]
+      if causal:
+        allowed = allowed & (j * block + offsets[None, :] <= i * block + offsets[:, None])[None]
+      s = jnp.where(allowed, s, -jnp.inf)
+      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)  # all masked so far: keep exp() finite
+      p = jnp.exp(s - m_safe[..., None])
+      correction = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
+      den = den * correction + jnp.sum(p, axis=-1)
+      num = num * correction[..., None] + jnp.einsum('xqk,xkd->xqd', p.astype(v.dtype), vb[:, j],
+                                                     preferred_element_type=jnp.float32)
+      return m_new, den, num
+
+    def key_block(j, carry):
+      if causal:  # blocks past the diagonal hold only future keys
+        return jax.lax.cond(j <= i, update, lambda j, carry: carry, j, carry)
+      return update(j, carry)
+
+    init = (jnp.full((batch * heads, block), -jnp.inf), jnp.zeros((batch * heads, block)),
+            jnp.zeros((batch * heads, block, dim)))
+    _, den, num = jax.lax.fori_loop(0, num_blocks, key_block, init)
+    return num / jnp.where(den > 0, den, 1.0)[..., None]
+
+  out = jax.lax.map(query_block, jnp.arange(num_blocks))  # (blocks, batch * heads, block, dim)
+  out = jnp.transpose(out.reshape(num_blocks, batch, heads, block, dim), (1, 0, 3, 2, 4))
+  out = out.reshape(batch, num_blocks * block, heads, dim)[:, :n]
+  return (out * valid[:, :n, None, None]).astype(v.dtype)

@@ -19,18 +19,27 @@ class TransformerConfig:
   width: int = 128  # residual stream width
   num_heads: int = 4
   mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * width
-  positional: str = 'learned'  # 'learned' or 'sinusoidal'
+  positional: str = 'learned'  # 'learned', 'sinusoidal' or 'none' (for order-free tasks such as Match2)
   causal: bool = False  # token i sees only tokens j <= i
   attention: AttentionConfig = AttentionConfig()
+  # Per-layer attention overriding `attention` (empty: every layer uses `attention`); e.g. ANNA with more
+  # tables in layer 1 than in layer 2, as in the paper's induction-heads grid.
+  layer_attention: tuple = ()
+
+  def attention_of(self, layer):
+    return self.layer_attention[layer] if self.layer_attention else self.attention
 
   def validate(self):
     if self.depth < 1 or self.width < 1 or self.num_heads < 1:
       raise ValueError(f'depth, width and num_heads must be >= 1, got {self.depth}, {self.width}, {self.num_heads}')
     if self.width % self.num_heads:
       raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}')
-    if self.positional not in ('learned', 'sinusoidal'):
-      raise ValueError(f"positional must be 'learned' or 'sinusoidal', got {self.positional!r}")
-    self.attention.validate()
+    if self.positional not in ('learned', 'sinusoidal', 'none'):
+      raise ValueError(f"positional must be 'learned', 'sinusoidal' or 'none', got {self.positional!r}")
+    if self.layer_attention and len(self.layer_attention) != self.depth:
+      raise ValueError(f'layer_attention has {len(self.layer_attention)} entries for depth {self.depth}')
+    for layer in range(self.depth):
+      self.attention_of(layer).validate()
 
 
 def sinusoidal_encoding(max_len, width):
@@ -43,12 +52,12 @@ def sinusoidal_encoding(max_len, width):
 
 
 class MultiHeadAttention(nnx.Module):
-  def __init__(self, config: TransformerConfig, *, rngs):
+  def __init__(self, config: TransformerConfig, attention: AttentionConfig, *, rngs):
     self.num_heads = config.num_heads
     self.head_dim = config.width // config.num_heads
     self.qkv = nnx.Linear(config.width, 3 * config.width, rngs=rngs)
     self.out = nnx.Linear(config.width, config.width, rngs=rngs)
-    self.core = make_attention(config.attention, self.num_heads, self.head_dim, rngs=rngs)
+    self.core = make_attention(attention, self.num_heads, self.head_dim, rngs=rngs)
 
   def __call__(self, x, mask, causal):
     batch, n, _ = x.shape
@@ -58,9 +67,9 @@ class MultiHeadAttention(nnx.Module):
 
 
 class Block(nnx.Module):
-  def __init__(self, config: TransformerConfig, *, rngs):
+  def __init__(self, config: TransformerConfig, attention: AttentionConfig, *, rngs):
     self.norm1 = nnx.LayerNorm(config.width, rngs=rngs)
-    self.attention = MultiHeadAttention(config, rngs=rngs)
+    self.attention = MultiHeadAttention(config, attention, rngs=rngs)
     self.norm2 = nnx.LayerNorm(config.width, rngs=rngs)
     self.mlp_in = nnx.Linear(config.width, config.mlp_ratio * config.width, rngs=rngs)
     self.mlp_out = nnx.Linear(config.mlp_ratio * config.width, config.width, rngs=rngs)
@@ -80,9 +89,11 @@ class Transformer(nnx.Module):
     self.embed = nnx.Embed(config.vocab_size, config.width, rngs=rngs)
     if config.positional == 'learned':
       self.position = nnx.Param(0.02 * jax.random.normal(rngs.params(), (config.max_len, config.width)))
-    else:
+    elif config.positional == 'sinusoidal':
       self.position = nnx.Variable(sinusoidal_encoding(config.max_len, config.width))
-    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.depth)])
+    else:
+      self.position = nnx.Variable(jnp.zeros((config.max_len, config.width)))
+    self.blocks = nnx.List([Block(config, config.attention_of(layer), rngs=rngs) for layer in range(config.depth)])
     self.norm = nnx.LayerNorm(config.width, rngs=rngs)
     self.head = nnx.Linear(config.width, config.num_classes, rngs=rngs)
 
@@ -97,5 +108,6 @@ class Transformer(nnx.Module):
     for block in self.blocks:
       x, stats = block(x, mask, self.config.causal)
       layer_stats.append(stats)
-    stats = {name: jnp.mean(jnp.stack([s[name] for s in layer_stats])) for name in layer_stats[0]}
+    names = {name for s in layer_stats for name in s}
+    stats = {name: jnp.mean(jnp.stack([s[name] for s in layer_stats if name in s])) for name in names}
     return self.head(self.norm(x)), stats

@@ -1,16 +1,16 @@
-"""Sequence-parallel ANNA: one long sequence sharded over devices, tokens meeting by bucket (the MPC view).
+"""Sequence-parallel anna_softmax: one long sequence sharded over devices, tokens meeting by bucket (the MPC view).
 
 Each of the P devices on mesh axis `axis` holds n / P consecutive tokens. Per hash table:
   1. every device hashes its queries and keys and sends each one, with its global position and its bucket
      ids in all tables, to the device that owns its bucket (bucket ranges split evenly): one all_to_all;
-  2. each device runs single-device ANNA's bucket-masked window attention on what it received;
+  2. each device runs single-device anna_softmax's bucket-masked window attention on what it received;
   3. each query's partial (max, numerator, denominator) goes back to its home device (a second all_to_all)
      and is merged over tables by logsumexp.
 Send buffers hold `capacity` tokens per (source, destination) pair; tokens beyond it are dropped and counted
 in `overflow_tokens`. A pair that collided in an earlier table is not counted again (union semantics), so
-when nothing overflows the output equals single-device ANNA and the dense oracle. "Collided" here means shared
+when nothing overflows the output equals single-device anna_softmax and the dense oracle. "Collided" here means shared
 a bucket: when windows drop collisions, a pair dropped by an earlier table's window is skipped here, whereas
-single-device ANNA skips only pairs an earlier table actually attended, so the two can then differ.
+single-device anna_softmax skips only pairs an earlier table actually attended, so the two can then differ.
 """
 
 import functools
@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax.anna import _NEG, _empty_merge_state, _merge, _normalise, _route, _table_attention, hash_buckets
+from anna_jax import lsh
+from anna_jax.anna_softmax import (_NEG, _empty_merge_state, _merge, _normalise, _route, _table_attention,
+                                   check_sort_key)
 
 
 def _pack(dest, num_devices, capacity, payloads):
@@ -43,9 +45,9 @@ def _pack(dest, num_devices, capacity, payloads):
   return packed, filled, slot, overflow
 
 
-def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis='seq', mask=None, causal=False,
+def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis='seq', mask=None, causal=False,
                            capacity=None):
-  """ANNA over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.
+  """anna_softmax over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.
 
   capacity: tokens per (source, destination) buffer; default 2 * n_local / P (twice the balanced share),
   at most n_local (which can never overflow). Returns (output, {'dropped_fraction', 'overflow_tokens'}).
@@ -57,10 +59,8 @@ def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis='seq', ma
     raise ValueError(f'sequence length {n} must be divisible by the {num_devices} devices of axis {axis!r}')
   n_local = n // num_devices
   capacity = min(n_local, capacity or 2 * -(-n_local // num_devices))
-  num_hashes = projections.shape[-1]
-  num_buckets = 2**num_hashes
-  if (num_buckets + 1) * n >= 2**31:
-    raise ValueError(f'ANNA sort key overflows int32: (2**{num_hashes} + 1) * {n} >= 2**31')
+  num_buckets = lsh.code_space(projections, config.family)
+  check_sort_key(num_buckets, n)
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
   seq = P(None, axis)
   # Lay the inputs out as shard_map expects (a no-op when they already are), for Auto and Explicit meshes alike.
@@ -85,8 +85,10 @@ def _local(q, k, v, projections, valid, *, num_devices, capacity, num_buckets, s
 
   q_h, k_h, v_h = per_head(q), per_head(k), per_head(v)
   # Bucket ids in every table, token-major: (batch * heads, n_local, tables).
-  q_buckets = jnp.moveaxis(hash_buckets(q, projections), 2, 3).reshape(batch * heads, n_local, num_tables)
-  k_buckets = jnp.moveaxis(hash_buckets(k, projections), 2, 3).reshape(batch * heads, n_local, num_tables)
+  q_buckets = jnp.moveaxis(lsh.hash_codes(q, projections, config.family), 2, 3).reshape(batch * heads, n_local,
+                                                                                         num_tables)
+  k_buckets = jnp.moveaxis(lsh.hash_codes(k, projections, config.family), 2, 3).reshape(batch * heads, n_local,
+                                                                                         num_tables)
   valid_h = jnp.repeat(valid, heads, axis=0)
   positions = jnp.broadcast_to(position, (batch * heads, n_local))
 

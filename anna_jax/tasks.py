@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def match2_labels(x, modulus):
@@ -42,6 +43,37 @@ def khop_targets(x, k, alphabet, max_k):
   return jnp.where(alive, x[pos], alphabet)
 
 
+def balanced_match2_tokens(seed, size, n, modulus):
+  """`size` Match2 sequences, each with exactly n // 2 tokens labelled 1 (numpy, deterministic in `seed`).
+
+  Uniform sequences are not balanced (N = 32, M = 37: about 58% ones). Here the values 1..M-1 form (M-1)/2
+  partner pairs {a, M-a} and 0 is its own partner. Per sequence, with P = n // 2 positive slots:
+    - the n - P negative tokens come from u "lonely" pairs (u uniform in 1..min(n - P, pairs - 1)), one side
+      of each, every lonely pair used at least once; the other side never appears, so their labels are 0;
+    - the P positive tokens come from p "matched" pairs (p uniform in 1..min(P // 2, pairs - u)), both sides
+      of each placed once, the remaining positive slots drawn from those 2p values and 0 (labels 1);
+    - the tokens are shuffled.
+  The label of every token is then fixed by construction (checked against `match2_labels` in the tests).
+  """
+  if modulus % 2 == 0 or modulus < 5 or n < 4:
+    raise ValueError(f'balanced Match2 needs an odd modulus >= 5 and n >= 4, got modulus={modulus}, n={n}')
+  rng = np.random.default_rng(seed)
+  pairs = (modulus - 1) // 2
+  positives = n // 2
+  negatives = n - positives
+  out = np.empty((size, n), np.int32)
+  for row in range(size):
+    chosen = rng.permutation(pairs) + 1  # pair a stands for {a, modulus - a}
+    u = rng.integers(1, min(negatives, pairs - 1) + 1)
+    p = rng.integers(1, min(positives // 2, pairs - u) + 1)
+    lonely = np.where(rng.random(u) < 0.5, chosen[:u], modulus - chosen[:u])
+    negative = np.concatenate([lonely, rng.choice(lonely, negatives - u)])
+    matched = np.concatenate([chosen[u:u + p], modulus - chosen[u:u + p]])
+    positive = np.concatenate([matched, rng.choice(np.append(matched, 0), positives - 2 * p)])
+    out[row] = rng.permutation(np.concatenate([negative, positive]))
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Match2:
   """Match2 over n tokens from {0..modulus-1}; a per-token binary label."""
@@ -69,9 +101,15 @@ class Match2:
     return self.n
 
   def sample(self, key, batch_size):
-    x = jax.random.randint(key, (batch_size, self.n), 0, self.modulus)
-    ones = jnp.ones((batch_size, self.n), bool)
+    return self.batch(jax.random.randint(key, (batch_size, self.n), 0, self.modulus))
+
+  def batch(self, x):
+    ones = jnp.ones(x.shape, bool)
     return {'tokens': x, 'targets': match2_labels(x, self.modulus), 'loss_mask': ones, 'eval_mask': ones}
+
+  def balanced_set(self, seed, size):
+    """A fixed, label-balanced set of `size` sequences (see `balanced_match2_tokens`)."""
+    return self.batch(jnp.asarray(balanced_match2_tokens(seed, size, self.n, self.modulus)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +146,9 @@ class KHop:
   def length(self):
     return self.n + 1
 
-  def sample(self, key, batch_size, k=None):
+  def sample(self, key, batch_size, k=None, every_token=False):
+    """every_token: count errors on every symbol position (the paper's induction-heads metric), not only
+    on positions with an answer."""
     key_first, key_steps, key_k = jax.random.split(key, 3)
     # No immediate repeats: each symbol differs from the last by a nonzero offset.
     first = jax.random.randint(key_first, (batch_size, 1), 0, self.alphabet)
@@ -120,10 +160,10 @@ class KHop:
     targets = jax.vmap(lambda x, k: khop_targets(x, k, self.alphabet, self.max_k))(x, k)
     tokens = jnp.concatenate([(self.alphabet + k)[:, None], x], axis=1)
     targets = jnp.concatenate([jnp.full((batch_size, 1), self.alphabet), targets], axis=1)
-    loss_mask = jnp.arange(self.n + 1)[None, :] > 0  # every symbol position, "none" targets included
-    eval_mask = loss_mask & (targets != self.alphabet)
-    return {'tokens': tokens, 'targets': targets, 'loss_mask': jnp.broadcast_to(loss_mask, tokens.shape),
-            'eval_mask': eval_mask, 'k': k}
+    # Every symbol position, "none" targets included (the leading k token is not a symbol).
+    loss_mask = jnp.broadcast_to(jnp.arange(self.n + 1)[None, :] > 0, tokens.shape)
+    eval_mask = loss_mask if every_token else loss_mask & (targets != self.alphabet)
+    return {'tokens': tokens, 'targets': targets, 'loss_mask': loss_mask, 'eval_mask': eval_mask, 'k': k}
 
 
 TASKS = {'match2': Match2, 'khop': KHop}

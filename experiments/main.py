@@ -1,20 +1,24 @@
-"""Runs a sweep (or a single run) of the config given by --config; see README.md.
+"""Runs a sweep (or a single run) of the config given by --config, then its grid evaluation if it has one.
 
-  python -m experiments.main --workdir=runs/default
+  python -m experiments.main                                   # the README's job: a small Figure 1a
   python -m experiments.main --config=experiments/configs/khop_paper.py --config.steps=1000
+  python -m experiments.grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
 """
 
+import functools
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import sweep
-from experiments.cli import fail
+from experiments import grid, sweep
+from experiments.cli import fail, first_line, flags_parser, quiet_console, writable_dir
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'default.py')
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'quick_figure1a.py')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file; override fields with --config.x=y.')
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/default', 'Where checkpoints, TensorBoard logs and results go.')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/quick_figure1a', 'Where checkpoints, TensorBoard logs and results go.')
+_MODE = flags.DEFINE_enum('mode', 'all', ['all', 'train', 'grid'], 'all: train the sweep, then evaluate the '
+                          "config's grid (if any); train: only train; grid: only evaluate finished runs.")
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'This process group runs sweep points i = shard_index mod num_shards.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Number of shards the sweep is split into.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host); '
@@ -26,39 +30,56 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host
 
 
 
-def parse_flags(argv):
+def load_config():
+  """The config with its --config.x overrides applied (ml_collections applies them lazily, here)."""
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as e:
-    fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return _CONFIG.value
+  except Exception as e:  # noqa: BLE001 -- a missing or broken config file or override is the user's input
+    if isinstance(e, (KeyError, AttributeError)):
+      fail(f'unknown config field {first_line(e)}: see the config file for the fields')
+    fail(f'bad --config: {first_line(e)}')
 
 
-def quiet_libraries():
-  # Orbax logs every save at INFO; keep the console for our own progress lines.
-  quiet = lambda r: r.levelno >= 30 or 'orbax' not in r.pathname  # 30: Python's WARNING
-  logging.get_absl_handler().python_handler.addFilter(quiet)
-
-
-def main(argv):
-  quiet_libraries()
+def main(argv, mode=None):
+  quiet_console()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
   import jax  # after flag parsing, so --help stays fast
 
-  if _DISTRIBUTED.value:
+  config = load_config()
+  if _DISTRIBUTED.value:  # before anything asks jax for its devices
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config = _CONFIG.value
   try:
     sweep.validate(config, _SHARD_INDEX.value, _NUM_SHARDS.value)
-  except ValueError as e:
-    fail(str(e))
-  results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    fail(first_line(e))
+  mode = mode or _MODE.value
+  with_grid = mode == 'grid' or (mode == 'all' and bool(config.grid.tables_per_layer))
+  if with_grid:
+    try:
+      grid.validate(config)
+    except (ValueError, TypeError) as e:
+      fail(first_line(e))
+  writable_dir(_WORKDIR.value)
+  workdir = os.path.abspath(_WORKDIR.value)
+  if mode != 'grid':
+    results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value)
+    if jax.process_index() == 0:
+      logging.info('results: %s/results.md (%d runs)', workdir, len(results))
+      print(open(os.path.join(workdir, 'results.md')).read() if results else 'no finished runs')
+  if with_grid:
+    rows = grid.run_grid(config, _WORKDIR.value)
+    if jax.process_index() == 0:
+      print(open(os.path.join(workdir, 'grid.md')).read() if rows else 'no grid cells: no finished runs')
+      if rows:
+        print(f'grid: {workdir}/grid.jsonl, {workdir}/grid.md, plot {workdir}/grid.png')
   if jax.process_index() == 0:
-    workdir = os.path.abspath(_WORKDIR.value)
-    logging.info('results: %s/results.md (%d runs)', workdir, len(results))
-    print(open(os.path.join(workdir, 'results.md')).read() if results else 'no finished runs')
     print(f'TensorBoard: tensorboard --logdir {workdir}/tb')
 
 
+def run_cli(mode=None):
+  app.run(functools.partial(main, mode=mode), flags_parser=flags_parser('anna-jax'))
+
+
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  run_cli()

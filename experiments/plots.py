@@ -1,8 +1,9 @@
-"""The sweep's figure: error vs depth, one line per k (k-hop) or per attention kind (Match2)."""
+"""Figures: the sweep's error vs depth, and the grid evaluation's Figure 1 (a: one layer, b: two layers)."""
 
 import io
 
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,6 +29,50 @@ def error_vs_depth(results):
     ax.set_xlabel('depth')
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel('per-token error')
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
+  width, height = (int(x) for x in fig.canvas.get_width_height())
+  plt.close(fig)
+  return buffer.getvalue(), height, width
+
+
+def grid_figure(rows):
+  """Figure 1 of the paper from grid rows: per run, error vs tables with one curve per z (one layer), or a
+  heat map of layer-1 x layer-2 tables, best mean over z with the winning z (two layers)."""
+  runs = list(dict.fromkeys(r['run'] for r in rows))
+  fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.2), squeeze=False)
+  for ax, run in zip(axes[0], runs):
+    mine = [r for r in rows if r['run'] == run]
+    title = f"{mine[0]['attention']} beta={mine[0]['beta']:g}: surrogate {mine[0]['surrogate_error']:.3f}"
+    if len(mine[0]['tables']) == 1:
+      for z in sorted({r['hashes'] for r in mine}):
+        points = sorted((r['tables'][0], r['mean'], r['std']) for r in mine if r['hashes'] == z)
+        x, y, e = zip(*points)
+        ax.errorbar(x, y, yerr=e, marker='o', markersize=3, capsize=2, label=f'z={z}')
+      ax.set_xlabel('hash tables l')
+      ax.set_ylabel(f"test error (mean over {mine[0]['draws']} draws)")
+      ax.legend(fontsize=7)
+    else:
+      best = {}
+      for r in mine:
+        key = (r['tables'][0], r['tables'][1])
+        if key not in best or r['mean'] < best[key]['mean']:
+          best[key] = r
+      rows_t, cols_t = sorted({k[0] for k in best}), sorted({k[1] for k in best})
+      grid = np.full((len(rows_t), len(cols_t)), np.nan)
+      for (a, b), r in best.items():
+        grid[rows_t.index(a), cols_t.index(b)] = r['mean']
+      image = ax.imshow(grid, cmap='viridis_r', vmin=0.0, vmax=max(0.75, float(np.nanmax(grid))), aspect='auto')
+      for (a, b), r in best.items():
+        ax.text(cols_t.index(b), rows_t.index(a), f"{r['mean']:.2f}\nz={r['hashes']}", ha='center', va='center',
+                fontsize=6, color='white' if r['mean'] > 0.4 else 'black')
+      ax.set_xticks(range(len(cols_t)), cols_t)
+      ax.set_yticks(range(len(rows_t)), rows_t)
+      ax.set_xlabel('layer-2 tables')
+      ax.set_ylabel('layer-1 tables')
+      fig.colorbar(image, ax=ax, label='best mean error over z')
+    ax.set_title(title, fontsize=9)
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=100)

@@ -2,7 +2,8 @@
 
 Layout under the workdir:
   runs/<name>/checkpoints  Orbax checkpoints of each run (resume from the latest)
-  runs/<name>/result.json  written atomically when the run ends: a run with one is skipped on restart
+  runs/<name>/result.json  written atomically when the run ends: a run with one (for at least the steps
+                           asked) is skipped on restart; asked for more steps, it resumes from its checkpoint
   tb/<name>/               TensorBoard events of each run; tb/ holds the HParams experiment and the plot
   results.jsonl, results.md, error_vs_depth.png   rebuilt atomically from every result.json
 """
@@ -20,15 +21,18 @@ from experiments import plots, train
 from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
-AXES = ('task', 'attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes', 'seed')
+AXES = ('task', 'attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes', 'beta', 'seed')
+HASHING = ('anna', 'anna_softmax')
 
 
 def run_name(c):
   name = f'{c.task}-{c.attention}-d{c.depth}-w{c.width}-n{c.n}'
   if c.task == 'khop':
     name += f'-k{c.max_k}'
-  if 'anna' in (c.attention, c.eval_attention):
+  if c.attention in HASHING or c.eval_attention in HASHING:
     name += f'-l{c.num_tables}-z{c.num_hashes}'
+  if 'unit_softmax' in (c.attention, c.eval_attention):
+    name += f'-b{c.beta:g}'
   if c.eval_attention:
     name += f'-eval_{c.eval_attention}'
   return f'{name}-s{c.seed}'
@@ -69,10 +73,14 @@ def shard(points, shard_index, num_shards):
   return points[shard_index::num_shards]
 
 
+def result_path(workdir, name):
+  return os.path.join(workdir, 'runs', name, 'result.json')
+
+
 def collect_results(workdir, names):
   results = []
   for name in names:
-    path = os.path.join(workdir, 'runs', name, 'result.json')
+    path = result_path(workdir, name)
     if os.path.exists(path):
       with open(path) as f:
         results.append({'name': name, **json.load(f)})
@@ -81,7 +89,7 @@ def collect_results(workdir, names):
 
 def markdown_table(results):
   columns = ['name', 'status', 'eval/error', 'eval/max_k_solved', 'train/loss', 'eval/dropped_fraction',
-             'train/steps_per_sec', 'compile_seconds']
+             'eval/no_collision_fraction', 'train/steps_per_sec', 'compile_seconds']
   columns = [col for col in columns if any(col in r for r in results)]
   lines = ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
   for r in results:
@@ -119,20 +127,28 @@ def run_sweep(config, workdir, shard_index=0, num_shards=1):
   durations = []
   logging.info('sweep: %d points, %d in this shard (%d/%d); workdir %s', len(points), len(mine),
                shard_index, num_shards, os.path.abspath(workdir))
+  def finished(name, c):  # a result for at least this many steps; a run asked for more steps continues
+    path = result_path(workdir, name)
+    if not os.path.exists(path):
+      return False
+    with open(path) as f:
+      result = json.load(f)
+    return result.get('steps', 0) >= c.steps  # done, or stopped by a non-finite loss
+
   for i, (name, c) in enumerate(mine):
     run_dir = os.path.join(workdir, 'runs', name)
-    result_path = os.path.join(run_dir, 'result.json')
-    if os.path.exists(result_path):
+    result_file = result_path(workdir, name)
+    if finished(name, c):
       logging.info('[%d/%d] %s: finished earlier, skipped', i + 1, len(mine), name)
       continue
     if durations:
-      remaining = sum(1 for n, _ in mine[i:] if not os.path.exists(os.path.join(workdir, 'runs', n, 'result.json')))
+      remaining = sum(1 for n, c_ in mine[i:] if not finished(n, c_))
       logging.info('sweep ETA %s', train.format_seconds(remaining * sum(durations) / len(durations)))
     t0 = time.perf_counter()
     result = train.train_and_evaluate(c, run_dir, tb_dir=os.path.join(workdir, 'tb', name),
-                                      label=f'[{i + 1}/{len(mine)}] {name}')
+                                      label=f'[{i + 1}/{len(mine)}]')
     durations.append(time.perf_counter() - t0)
     if jax.process_index() == 0:
-      write_atomic(result_path, json.dumps(result, indent=1, sort_keys=True))
+      write_atomic(result_file, json.dumps(result, indent=1, sort_keys=True))
     write_reports(workdir, names)
   return write_reports(workdir, names)

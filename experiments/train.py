@@ -1,7 +1,9 @@
 """One run: train_and_evaluate(config, workdir) trains one config, checkpoints with Orbax, returns its result.
 
-The data stream is a pure function of (seed, step): batches are sampled inside the jitted step, so a run
-resumed from a checkpoint sees exactly the batches it would have seen, and gives the same numbers.
+The data stream is a pure function of (seed, step): batches are sampled inside the jitted step (fresh
+sequences, or rows of a fixed training set when `train_size` > 0), so a run resumed from a checkpoint sees
+exactly the batches it would have seen, and gives the same numbers. Evaluation uses fresh sequences, or a fixed
+test set of `test_size` sequences drawn once from its own seed.
 """
 
 import math
@@ -17,16 +19,17 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax.anna import ANNAConfig
+from anna_jax.anna_softmax import ANNASoftmaxConfig
 from anna_jax.attention import AttentionConfig
 from anna_jax.model import Transformer, TransformerConfig
 from anna_jax.tasks import make_task
 from experiments.summaries import SummaryWriter
 
 HPARAMS = ('task', 'attention', 'eval_attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes',
-           'seed')
+           'beta', 'seed')
 METRICS = ('eval/error', 'eval/max_k_solved', 'train/loss')
 SOLVED_ERROR = 0.05  # "solved" k: error below 5%, as in the paper
+STAT_NAMES = ('dropped_fraction', 'no_collision_fraction', 'mean_collisions')  # attention stats we report
 
 
 def make_task_from_config(c):
@@ -37,13 +40,23 @@ def make_task_from_config(c):
   return make_task(c.task)  # raises the unknown-task error
 
 
-def make_model_config(c, task, attention_kind):
-  anna = ANNAConfig(num_tables=c.num_tables, num_hashes=c.num_hashes, chunk_size=c.chunk_size,
-                    window=c.window, weighting=c.weighting, resample_hashes=c.resample_hashes)
-  attention = AttentionConfig(kind=attention_kind, anna=anna, lowrank_features=c.lowrank_features)
+def hashing_config(c, num_tables=None, num_hashes=None):
+  return ANNASoftmaxConfig(num_tables=num_tables or c.num_tables,
+                           num_hashes=c.num_hashes if num_hashes is None else num_hashes, family=c.family,
+                           crosspolytope_dim=c.crosspolytope_dim, resample_hashes=c.resample_hashes,
+                           chunk_size=c.chunk_size, window=c.window, weighting=c.weighting)
+
+
+def attention_config(c, kind, num_tables=None, num_hashes=None):
+  return AttentionConfig(kind=kind, anna=hashing_config(c, num_tables, num_hashes), beta=c.beta,
+                         lowrank_features=c.lowrank_features)
+
+
+def make_model_config(c, task, attention_kind, layer_attention=()):
   return TransformerConfig(vocab_size=task.vocab_size, num_classes=task.num_classes, max_len=task.length,
                            depth=c.depth, width=c.width, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
-                           positional=c.positional, causal=c.causal, attention=attention)
+                           positional=c.positional, causal=c.causal, attention=attention_config(c, attention_kind),
+                           layer_attention=tuple(layer_attention))
 
 
 def validate(c):
@@ -56,6 +69,16 @@ def validate(c):
                'keep_checkpoints'):
     if c[name] < 1:
       raise ValueError(f'{name} must be >= 1, got {c[name]}')
+  if c.schedule not in ('linear_decay', 'constant'):
+    raise ValueError(f"schedule must be 'linear_decay' or 'constant', got {c.schedule!r}")
+  if c.error_over not in ('answers', 'all'):
+    raise ValueError(f"error_over must be 'answers' or 'all', got {c.error_over!r}")
+  if c.train_size < 0 or c.test_size < 0:
+    raise ValueError(f'train_size and test_size must be >= 0, got {c.train_size}, {c.test_size}')
+  if c.train_size and task.name != 'match2':
+    raise ValueError('a fixed training set (train_size > 0) is only defined for match2')
+  if task.name == 'khop' and not -1 <= c.eval_k <= c.max_k:
+    raise ValueError(f'eval_k must be -1 (every k) or in 0..max_k={c.max_k}, got {c.eval_k}')
   if not c.learning_rate > 0 or c.warmup_steps < 0 or c.warmup_steps > c.steps:
     raise ValueError(f'need learning_rate > 0 and 0 <= warmup_steps <= steps, got {c.learning_rate}, '
                      f'{c.warmup_steps}, {c.steps}')
@@ -67,9 +90,12 @@ def validate(c):
 
 
 def make_schedule(c):
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps),
-       optax.linear_schedule(c.learning_rate, 0.0, c.steps - c.warmup_steps)], [c.warmup_steps])
+  """Linear warm-up, then a linear decay to 0 at `steps` or a constant rate (a run cut short and resumed with
+  more steps then follows the same trajectory)."""
+  after = (optax.linear_schedule(c.learning_rate, 0.0, c.steps - c.warmup_steps) if c.schedule == 'linear_decay'
+           else optax.constant_schedule(c.learning_rate))
+  return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps), after],
+                              [c.warmup_steps])
 
 
 def loss_and_metrics(model, batch):
@@ -88,7 +114,7 @@ def make_mesh(c):
 
 
 class Trainer:
-  """Holds the jitted train and eval steps of one config."""
+  """Holds the jitted train and eval steps of one config, and its fixed data sets (if any)."""
 
   def __init__(self, c):
     self.c = c
@@ -97,6 +123,9 @@ class Trainer:
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharded = NamedSharding(self.mesh, P('data'))
     self.schedule = make_schedule(c)
+    if c.attention == 'anna':
+      logging.warning('attention=anna (Algorithm 1) passes no gradient to queries and keys, so they cannot '
+                      'learn; the paper trains unit_softmax and evaluates with anna (eval_attention / the grid)')
     model = Transformer(make_model_config(c, self.task, c.attention), rngs=nnx.Rngs(c.seed))
     tx = optax.adamw(self.schedule, weight_decay=c.weight_decay)
     if c.grad_clip:
@@ -110,34 +139,68 @@ class Trainer:
     self.eval_graphdef, _, self.eval_rest = nnx.split(eval_model, nnx.Param, ...)
     self.data_key = jax.random.key(c.seed + 1)  # training stream
     self.eval_key = jax.random.key(c.seed + 2)  # fresh sequences, never shared with training
+    # Fixed sets (the paper's Match2: 10,000 training and 256 test sequences), drawn once from their own seeds.
+    self.train_set = self.task.balanced_set(c.seed + 3, c.train_size) if c.train_size else None
+    self.test_set = self.fixed_test_set() if c.test_size else None
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
     self.eval_step = jax.jit(self._eval_step)
+    self.eval_fixed = jax.jit(self._eval_fixed)
+
+  def fixed_test_set(self):
+    key = jax.random.key(self.c.seed + 4)
+    if self.task.name == 'match2':
+      return self.task.balanced_set(self.c.seed + 4, self.c.test_size)
+    k = None if self.c.eval_k < 0 else self.c.eval_k
+    return self.task.sample(key, self.c.test_size, k=k, every_token=self.c.error_over == 'all')
 
   def _sample(self, key, k=None):
-    batch = self.task.sample(key, self.c.batch_size) if k is None else self.task.sample(key, self.c.batch_size, k=k)
+    if k is None:
+      batch = self.task.sample(key, self.c.batch_size)
+    else:
+      batch = self.task.sample(key, self.c.batch_size, k=k, every_token=self.c.error_over == 'all')
     return jax.lax.with_sharding_constraint(batch, self.data_sharded)
 
-  def _train_step(self, state, step):
+  def _train_batch(self, step, train_set):
+    key = jax.random.fold_in(self.data_key, step)
+    if train_set is None:
+      return self._sample(key)
+    rows = jax.random.randint(key, (self.c.batch_size,), 0, self.c.train_size)  # with replacement
+    return jax.lax.with_sharding_constraint(jax.tree.map(lambda x: x[rows], train_set), self.data_sharded)
+
+  def _train_step(self, state, step, train_set):
     model, optimizer = nnx.merge(self.graphdef, state)
-    batch = self._sample(jax.random.fold_in(self.data_key, step))
+    batch = self._train_batch(step, train_set)
     (_, metrics), grads = nnx.value_and_grad(loss_and_metrics, has_aux=True)(model, batch)
     optimizer.update(model, grads)
     metrics['lr'] = self.schedule(step)
     return nnx.state((model, optimizer)), metrics
 
-  def _eval_step(self, state, index, k):
+  def eval_model(self, state):
     model, _ = nnx.merge(self.graphdef, state)
     params = nnx.state(model, nnx.Param)
     rest = self.eval_rest if self.c.eval_attention else nnx.state(model, nnx.Not(nnx.Param))
-    eval_model = nnx.merge(self.eval_graphdef, params, rest)
+    return nnx.merge(self.eval_graphdef, params, rest)
+
+  def _eval_step(self, state, index, k):
     key = jax.random.fold_in(jax.random.fold_in(self.eval_key, k), index)
-    _, metrics = loss_and_metrics(eval_model, self._sample(key, k if self.task.name == 'khop' else None))
+    _, metrics = loss_and_metrics(self.eval_model(state), self._sample(key, k if self.task.name == 'khop' else None))
+    return metrics
+
+  def _eval_fixed(self, state, test_set):
+    _, metrics = loss_and_metrics(self.eval_model(state), test_set)
     return metrics
 
   def evaluate(self, state):
-    """Per-token error on fresh sequences (k-hop: per k, excluding "none" targets)."""
+    """Per-token error on the fixed test set, or on fresh sequences (k-hop: per k)."""
+    if self.test_set is not None:
+      metrics = jax.device_get(self.eval_fixed(state, self.test_set))
+      result = {'eval/error': int(metrics['wrong']) / max(int(metrics['counted']), 1)}
+      result.update({f'eval/{name}': float(metrics[name]) for name in STAT_NAMES if name in metrics})
+      return result
     ks = range(self.c.max_k + 1) if self.task.name == 'khop' else [0]
-    per_k, wrong_total, counted_total, dropped = {}, 0, 0, []
+    if self.task.name == 'khop' and self.c.eval_k >= 0:
+      ks = [self.c.eval_k]
+    per_k, wrong_total, counted_total, stats = {}, 0, 0, {}
     for k in ks:
       metrics = [self.eval_step(state, i, k) for i in range(self.c.eval_batches)]
       metrics = jax.device_get(metrics)
@@ -145,7 +208,8 @@ class Trainer:
       counted = sum(int(m['counted']) for m in metrics)
       per_k[k] = wrong / max(counted, 1)
       wrong_total, counted_total = wrong_total + wrong, counted_total + counted
-      dropped += [float(m['dropped_fraction']) for m in metrics if 'dropped_fraction' in m]
+      for name in STAT_NAMES:
+        stats.setdefault(name, []).extend(float(m[name]) for m in metrics if name in m)
     result = {'eval/error': wrong_total / max(counted_total, 1)}
     if self.task.name == 'khop':
       solved = -1
@@ -153,8 +217,7 @@ class Trainer:
         solved += 1
       result['eval/max_k_solved'] = solved  # largest k with every k' <= k below 5% error; -1 if none
       result.update({f'eval/error_k{k}': e for k, e in per_k.items()})
-    if dropped:
-      result['eval/dropped_fraction'] = float(np.mean(dropped))
+    result.update({f'eval/{name}': float(np.mean(values)) for name, values in stats.items() if values})
     return result
 
 
@@ -187,11 +250,12 @@ def train_and_evaluate(c, workdir, tb_dir=None, label=''):
   writer.hparams_session({name: c[name] for name in HPARAMS})
   manager = checkpoint_manager(c, workdir)
   state, start = restore_latest(manager, trainer.initial_state)
+  logging.info('%s %s', label, os.path.basename(os.path.normpath(workdir)))
   if start:
     logging.info('%s resuming from step %d', label, start)
 
   t0 = time.perf_counter()
-  compiled = trainer.train_step.lower(state, jnp.int32(start)).compile()
+  compiled = trainer.train_step.lower(state, jnp.int32(start), trainer.train_set).compile()
   compile_seconds = time.perf_counter() - t0
   logging.info('%s compiled train step in %.1fs', label, compile_seconds)
 
@@ -213,18 +277,17 @@ def train_and_evaluate(c, workdir, tb_dir=None, label=''):
       steps_per_sec = window_steps / max(elapsed, 1e-9)
       last = {'train/loss': float(metrics['loss']), 'train/error': float(metrics['wrong']) / max(int(metrics['counted']), 1),
               'train/lr': float(metrics['lr']), 'train/steps_per_sec': steps_per_sec}
-      if 'dropped_fraction' in metrics:
-        last['train/dropped_fraction'] = float(metrics['dropped_fraction'])
+      last.update({f'train/{name}': float(metrics[name]) for name in STAT_NAMES if name in metrics})
       writer.scalars(completed, last)
       eta = (c.steps - completed) / max(steps_per_sec, 1e-9)
-      logging.info('%s step %d/%d loss %.4f error %.3f  %.1f steps/s  ETA %s', label, completed, c.steps,
+      logging.info('%s step %d/%d loss %.4f err %.3f %.1f/s ETA %s', label, completed, c.steps,
                    last['train/loss'], last['train/error'], steps_per_sec, format_seconds(eta))
       window_start, window_steps = time.perf_counter(), 0
     return True
 
   train_start = time.perf_counter()
   for step in range(start, c.steps):
-    state, metrics = compiled(state, jnp.int32(step))
+    state, metrics = compiled(state, jnp.int32(step), trainer.train_set)
     if pending is not None and not finish_step(*pending):
       pending = None
       break

@@ -25,7 +25,7 @@ _TARGET = flags.DEFINE_enum('target', 'local', ['local', 'slurm', 'tpu'], 'Where
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands (and the sbatch script) without running them.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Sweep shards: local processes, SLURM array tasks; on a TPU '
                                    'pod, shards run one after another.')
-_WORKDIR = flags.DEFINE_string('workdir', 'runs/default', 'Shared by every shard (a shared filesystem on clusters).')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/sweep', 'Shared by every shard (a shared filesystem on clusters).')
 _PYTHON = flags.DEFINE_string('python', 'python', 'Python that has anna-jax installed (on the remote side too).')
 # local
 _GPUS = flags.DEFINE_integer('gpus', 0, 'local: GPUs to spread the shards over (CUDA_VISIBLE_DEVICES); 0 = leave it.')
@@ -117,8 +117,11 @@ def main(argv):
     print(f'sbatch {shlex.quote(_SCRIPT.value)}')
     if _DRY_RUN.value:
       return
-    with open(_SCRIPT.value, 'w') as f:
-      f.write(script)
+    try:
+      with open(_SCRIPT.value, 'w') as f:
+        f.write(script)
+    except OSError as e:
+      fail(f'cannot write {_SCRIPT.value}: {e.strerror}')
     sys.exit(call(['sbatch', _SCRIPT.value]))
   if not _TPU_NAME.value or not _ZONE.value:
     fail('--target=tpu needs --tpu_name and --zone')
@@ -129,4 +132,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('anna-jax launch'))

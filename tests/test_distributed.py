@@ -38,10 +38,10 @@ def free_port():
     return s.getsockname()[1]
 
 
-TINY_FLAGS = ['--config.n=8', '--config.max_k=1', '--config.width=16', '--config.num_heads=2', '--config.steps=6',
+TINY_FLAGS = ['--config=experiments/configs/default.py', '--config.n=8', '--config.max_k=1', '--config.width=16', '--config.num_heads=2', '--config.steps=6',
               '--config.warmup_steps=2', '--config.batch_size=8', '--config.checkpoint_every=3',
               '--config.eval_every=6', '--config.log_every=3', '--config.eval_batches=1', '--config.num_devices=0',
-              '--config.sweep.depth=(1,)', "--config.sweep.attention=('anna',)"]
+              '--config.sweep.depth=(1,)', "--config.sweep.attention=('anna_softmax',)"]
 
 
 def launch(workdir, devices_per_process, process_id=None, port=None):

@@ -70,7 +70,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_sweep_expansion_and_sharding_are_deterministic():
   c = default.get_config()
-  c.sweep.depth, c.sweep.attention, c.sweep.num_tables = (1, 2, 3), ('full', 'anna'), (1, 4)
+  c.sweep.depth, c.sweep.attention, c.sweep.num_tables = (1, 2, 3), ('full', 'anna_softmax'), (1, 4)
   names = [name for name, _ in sweep.expand(c)]
   assert len(names) == len(set(names)) == 3 + 6  # full attention ignores num_tables: 3 points, not 6
   assert names == [name for name, _ in sweep.expand(c)]
@@ -81,11 +81,11 @@ def test_sweep_expansion_and_sharding_are_deterministic():
 
 def test_sweep_writes_results_table_plot_and_skips_finished_runs(tmp_path):
   c = tiny_config()
-  c.sweep.depth, c.sweep.attention = (1, 2), ('full', 'anna')
+  c.sweep.depth, c.sweep.attention = (1, 2), ('full', 'anna_softmax')
   results = sweep.run_sweep(c, str(tmp_path))
   assert len(results) == 4 and all(r['status'] == 'done' for r in results)
   assert all('eval/error_k1' in r and 0.0 <= r['eval/error'] <= 1.0 for r in results)
-  assert all(r['eval/dropped_fraction'] >= 0.0 for r in results if r['attention'] == 'anna')
+  assert all(r['eval/dropped_fraction'] >= 0.0 for r in results if r['attention'] == 'anna_softmax')
   lines = (tmp_path / 'results.jsonl').read_text().splitlines()
   assert sorted(json.loads(line)['name'] for line in lines) == sorted(r['name'] for r in results)
   assert (tmp_path / 'results.md').read_text().count('\n') == 2 + 4
@@ -96,27 +96,13 @@ def test_sweep_writes_results_table_plot_and_skips_finished_runs(tmp_path):
   assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob('runs/*/result.json')}
 
 
+KHOP = '--config=experiments/configs/default.py'  # the k-hop base config (the default job is Match2)
+
+
 def run_main(*args, timeout=300):
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  return subprocess.run([sys.executable, '-m', 'experiments.main', *args], cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, '-m', 'experiments.main', KHOP, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.mark.parametrize('args, message', [
-    (['--config.task=copy'], 'unknown task'),
-    (['--config.max_k=-1'], 'max_k >= 0'),
-    (['--config.depth=0', '--config.sweep.depth=()'], 'depth'),
-    (['--config.n=3', '--config.max_k=4'], 'too small'),
-    (['--config.depth=two'], 'depth'),
-    (['--no_such_flag=1'], 'no_such_flag'),
-    (['--num_shards=2', '--shard_index=2'], 'shard_index'),
-])
-def test_invalid_flags_give_one_line_error_and_exit_2(tmp_path, args, message):
-  result = run_main(f'--workdir={tmp_path}', *args)
-  assert result.returncode == 2, result.stderr
-  assert result.stderr.strip().count('\n') == 0 and message in result.stderr
-  assert 'Traceback' not in result.stderr
-  assert not (tmp_path / 'runs').exists()
 
 
 def free_port():
@@ -135,7 +121,7 @@ def fetch_json(url, body=None):
 @pytest.mark.slow
 def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
   c = tiny_config()
-  c.sweep.attention = ('full', 'anna')
+  c.sweep.attention = ('full', 'anna_softmax')
   results = sweep.run_sweep(c, str(tmp_path))
   port = free_port()
   server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'tensorboard'), '--logdir',
@@ -163,7 +149,7 @@ def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
         'allowedStatuses': ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE', 'STATUS_RUNNING']})
     by_name = {g['name']: g for g in groups['sessionGroups']}
     assert set(by_name) == names
-    assert {by_name[r['name']]['hparams']['attention'] for r in results} == {'full', 'anna'}
+    assert {by_name[r['name']]['hparams']['attention'] for r in results} == {'full', 'anna_softmax'}
     assert 'sweep/error_vs_depth' in fetch_json(f'{base}/plugin/images/tags')['.']
   finally:
     server.terminate()
@@ -177,7 +163,7 @@ def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
           '--config.eval_every=2000', '--config.log_every=50', '--config.sweep.depth=(1,2)',
           "--config.sweep.attention=('full',)"]
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  process = subprocess.Popen([sys.executable, '-m', 'experiments.main', *args], cwd=ROOT, env=env,
+  process = subprocess.Popen([sys.executable, '-m', 'experiments.main', KHOP, *args], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   second_run = tmp_path / 'runs' / 'khop-full-d2-w16-n8-k1-s0' / 'checkpoints'
   deadline = time.time() + 240

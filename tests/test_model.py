@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from anna_jax import ANNAConfig, AttentionConfig, Transformer, TransformerConfig
+from anna_jax import ANNASoftmaxConfig, AttentionConfig, Transformer, TransformerConfig
 
-ANNA = AttentionConfig(kind='anna', anna=ANNAConfig(num_tables=2, num_hashes=2, chunk_size=8, window=16))
+HASHING = ANNASoftmaxConfig(num_tables=2, num_hashes=2, chunk_size=8, window=16)
+ANNA = AttentionConfig(kind='anna', anna=HASHING)
+ANNA_SOFTMAX = AttentionConfig(kind='anna_softmax', anna=HASHING)
 
 
 def config(**overrides):
@@ -17,13 +19,15 @@ def config(**overrides):
 
 
 @pytest.mark.parametrize('attention, positional', [
-    (AttentionConfig(kind='full'), 'learned'), (ANNA, 'sinusoidal'), (AttentionConfig(kind='lowrank'), 'learned')])
+    (AttentionConfig(kind='full'), 'learned'), (ANNA_SOFTMAX, 'sinusoidal'), (ANNA, 'learned'),
+    (AttentionConfig(kind='unit_softmax', beta=10.0), 'learned'), (AttentionConfig(kind='lowrank'), 'learned')])
 def test_forward_and_gradients(attention, positional):
   model = Transformer(config(attention=attention, positional=positional, causal=True), rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, 10)
   logits, stats = model(tokens, jnp.arange(20)[None, :] < jnp.array([[20], [13]]))
   assert logits.shape == (2, 20, 3) and bool(jnp.all(jnp.isfinite(logits)))
-  assert ('dropped_fraction' in stats) == (attention.kind == 'anna')
+  assert ('dropped_fraction' in stats) == (attention.kind == 'anna_softmax')
+  assert ('no_collision_fraction' in stats) == (attention.kind == 'anna')
 
   def loss(model):
     return jnp.mean(model(tokens)[0] ** 2)
@@ -57,7 +61,8 @@ def test_full_attention_weights_load_into_anna_model():
   anna = Transformer(config(attention=ANNA), rngs=nnx.Rngs(1))
   nnx.update(anna, nnx.state(full, nnx.Param))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
-  wide = dataclasses.replace(ANNA, anna=ANNAConfig(num_tables=1, num_hashes=0, chunk_size=8, window=16))
+  wide = dataclasses.replace(ANNA_SOFTMAX, anna=ANNASoftmaxConfig(num_tables=1, num_hashes=0, chunk_size=8,
+                                                                  window=16))
   exact = Transformer(config(attention=wide), rngs=nnx.Rngs(2))
   nnx.update(exact, nnx.state(full, nnx.Param))
   np.testing.assert_allclose(exact(tokens)[0], full(tokens)[0], atol=1e-5)
@@ -73,3 +78,30 @@ def test_full_attention_weights_load_into_anna_model():
 def test_bad_config_is_a_clear_error(overrides, message):
   with pytest.raises(ValueError, match=message):
     Transformer(config(**overrides), rngs=nnx.Rngs(0))
+
+
+def test_unit_softmax_is_softmax_of_beta_times_cosine():
+  from anna_jax.baselines import unit_softmax_attention
+  q, k, v = (jax.random.normal(key, (2, 12, 2, 8)) for key in jax.random.split(jax.random.key(0), 3))
+  for beta, causal in ((0.1, False), (10.0, True)):
+    cos = jnp.einsum('bqhd,bkhd->bhqk', q / jnp.linalg.norm(q, axis=-1, keepdims=True),
+                     k / jnp.linalg.norm(k, axis=-1, keepdims=True))
+    scores = jnp.where(jnp.tril(jnp.ones((12, 12), bool)) | (not causal), beta * cos, -jnp.inf)
+    expected = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v)
+    np.testing.assert_allclose(unit_softmax_attention(q, k, v, beta=beta, causal=causal), expected, atol=1e-5)
+    # Only directions matter: the surrogate sees what angular LSH sees.
+    np.testing.assert_allclose(unit_softmax_attention(3 * q, 0.2 * k, v, beta=beta, causal=causal), expected,
+                               atol=1e-5)
+
+
+def test_per_layer_attention_and_surrogate_weights_load_into_anna():
+  surrogate = Transformer(config(attention=AttentionConfig(kind='unit_softmax', beta=1.0)), rngs=nnx.Rngs(0))
+  layers = tuple(dataclasses.replace(ANNA, anna=dataclasses.replace(HASHING, num_tables=t)) for t in (6, 2))
+  anna = Transformer(config(layer_attention=layers), rngs=nnx.Rngs(1))
+  assert [b.attention.core.hashes.projections[...].shape[1] for b in anna.blocks] == [6, 2]
+  nnx.update(anna, nnx.state(surrogate, nnx.Param))
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
+  logits, stats = anna(tokens)
+  assert logits.shape == (2, 16, 3) and 0.0 <= float(stats['no_collision_fraction']) <= 1.0
+  with pytest.raises(ValueError, match='layer_attention'):
+    Transformer(config(layer_attention=layers[:1]), rngs=nnx.Rngs(0))

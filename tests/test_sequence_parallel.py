@@ -3,9 +3,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
-from anna_jax.oracle import anna_dense_reference
-from anna_jax.sequence_parallel import sequence_parallel_anna
+from anna_jax.anna import draw_projections
+from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
+from anna_jax.oracle import anna_softmax_dense_reference
+from anna_jax.sequence_parallel import sequence_parallel_anna_softmax
 
 
 def inputs(n, config, heads=2, dim=8, seed=0):
@@ -21,31 +22,31 @@ def mesh():
 
 
 @pytest.mark.parametrize('causal, masked', [(False, False), (True, True)])
-def test_equals_single_device_anna_on_8_devices(mesh, causal, masked):
+def test_equals_single_device_anna_softmax_on_8_devices(mesh, causal, masked):
   n = 128
-  config = ANNAConfig(num_tables=3, num_hashes=3, chunk_size=8, window=128)
+  config = ANNASoftmaxConfig(num_tables=3, num_hashes=3, chunk_size=8, window=128)
   q, k, v, proj = inputs(n, config)
   mask = (jnp.arange(n)[None, :] < jnp.array([[128], [77]])) if masked else None
-  single, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+  single, stats = anna_softmax_attention(q, k, v, proj, config, mask=mask, causal=causal)
   assert float(stats.dropped) == 0.0
-  fn = jax.jit(lambda q, k, v: sequence_parallel_anna(q, k, v, proj, config, mesh, mask=mask, causal=causal,
+  fn = jax.jit(lambda q, k, v: sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, mask=mask, causal=causal,
                                                       capacity=16))
   sharded, sp_stats = fn(q, k, v)
   assert float(sp_stats['overflow_tokens']) == 0.0 and float(sp_stats['dropped_fraction']) == 0.0
   np.testing.assert_allclose(sharded, single, atol=2e-5)
-  np.testing.assert_allclose(sharded, anna_dense_reference(q, k, v, proj, mask=mask, causal=causal), atol=2e-5)
+  np.testing.assert_allclose(sharded, anna_softmax_dense_reference(q, k, v, proj, mask=mask, causal=causal), atol=2e-5)
 
 
 def test_small_buffers_overflow_and_are_counted(mesh):
-  config = ANNAConfig(num_tables=2, num_hashes=1, chunk_size=8, window=64)  # 2 buckets: 2 busy devices
+  config = ANNASoftmaxConfig(num_tables=2, num_hashes=1, chunk_size=8, window=64)  # 2 buckets: 2 busy devices
   q, k, v, proj = inputs(128, config, seed=1)
-  out, stats = jax.jit(lambda q, k, v: sequence_parallel_anna(q, k, v, proj, config, mesh, capacity=2))(q, k, v)
+  out, stats = jax.jit(lambda q, k, v: sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, capacity=2))(q, k, v)
   assert float(stats['overflow_tokens']) > 0
   assert out.shape == q.shape and bool(jnp.all(jnp.isfinite(out)))
 
 
 def test_length_must_split_over_devices(mesh):
-  config = ANNAConfig(num_tables=1, num_hashes=1, chunk_size=8, window=8)
+  config = ANNASoftmaxConfig(num_tables=1, num_hashes=1, chunk_size=8, window=8)
   q, k, v, proj = inputs(100, config)
   with pytest.raises(ValueError, match='divisible'):
-    sequence_parallel_anna(q, k, v, proj, config, mesh)
+    sequence_parallel_anna_softmax(q, k, v, proj, config, mesh)

@@ -82,3 +82,24 @@ def test_sampling_is_seeded_and_k_can_be_fixed():
 def test_invalid_tasks_are_clear_errors(name, fields, message):
   with pytest.raises(ValueError, match=message):
     make_task(name, **fields)
+
+
+def test_balanced_match2_set_is_exactly_half_ones_and_seeded():
+  from anna_jax.tasks import balanced_match2_tokens
+  x = balanced_match2_tokens(0, 500, 32, 37)
+  labels = np.asarray(match2_labels(jnp.asarray(x), 37))
+  assert x.shape == (500, 32) and x.min() >= 0 and x.max() < 37
+  np.testing.assert_array_equal(labels.sum(axis=1), 16)  # every sequence: exactly n // 2 ones
+  np.testing.assert_array_equal(balanced_match2_tokens(0, 500, 32, 37), x)
+  assert not np.array_equal(balanced_match2_tokens(1, 500, 32, 37), x)
+  assert len(np.unique(x, axis=0)) == 500  # no repeated sequences
+  with pytest.raises(ValueError, match='odd modulus'):
+    balanced_match2_tokens(0, 1, 32, 36)
+
+
+def test_khop_every_token_counts_none_targets():
+  task = KHop(n=20, alphabet=4, max_k=1)
+  batch = task.sample(jax.random.key(0), 8, k=1, every_token=True)
+  np.testing.assert_array_equal(batch['eval_mask'], batch['loss_mask'])
+  assert bool(jnp.any(batch['targets'][:, 1:] == 4))  # some "none" targets are counted
+  assert not bool(jnp.any(batch['eval_mask'][:, 0]))  # the leading k token is not a symbol

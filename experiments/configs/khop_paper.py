@@ -1,7 +1,9 @@
-"""The paper's headline experiment: k-hop with depth 2..6, full attention vs ANNA (SPEC.md).
+"""The k-hop depth sweep (Sanford et al.'s setup, SPEC.md): depth 2..6, full attention vs anna_softmax.
 
 Width 128, 4 heads, AdamW lr 1e-4, batch 32, 1k warm-up, linear decay, 100k steps, N = 100, 4 letters,
-k ~ uniform 0..16. Expected shape: the largest k with error < 5% grows like 2**(depth - 2).
+k ~ uniform 0..16. Expected shape: the largest k with error < 5% grows like 2**(depth - 2) with full attention
+(Sanford et al.: 1, 3, 5, 8, 15). anna_softmax is the trainable sibling of ANNA (Algorithm 1 passes no gradient
+to queries and keys); the paper's own ANNA is evaluated on trained surrogates by induction_paper.py.
 Hours on a GPU per run; fan it out with launch/ (see README).
 """
 
@@ -17,5 +19,5 @@ def get_config():
   c.log_every, c.eval_every, c.eval_batches, c.checkpoint_every, c.keep_checkpoints = 500, 10_000, 8, 5_000, 2
   c.num_devices = 0
   c.sweep.depth = (2, 3, 4, 5, 6)
-  c.sweep.attention = ('full', 'anna')
+  c.sweep.attention = ('full', 'anna_softmax')
   return c

@@ -1,0 +1,203 @@
+"""Train once, evaluate on a grid: a trained run's checkpoint evaluated with ANNA (Algorithm 1) swapped in.
+
+  python -m experiments.grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
+
+For every finished run of the config's sweep (e.g. one per surrogate beta), the latest checkpoint's trained
+parameters are evaluated on the run's fixed test set with `anna` in every attention layer, over
+config.grid: tables per layer (one tuple per layer; the grid is their product) x hashes x draws (fresh hash
+functions). Per cell: the mean and standard deviation of the error over the draws, beside the surrogate's own
+error on the same test set. Nothing is retrained.
+
+Outputs in the workdir (rebuilt atomically after every cell): grid.jsonl (one row per (run, cell)), grid.md,
+grid.png (one layer: error against tables, one curve per z, as the paper's Figure 1a; two layers: a heat map of
+layer-1 x layer-2 tables, best mean over z with the winning z, as Figure 1b) and TensorBoard images under tb/grid.
+Killed mid-grid, the same command resumes: finished cells are read back from grid.jsonl and skipped.
+"""
+
+import itertools
+import json
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from anna_jax.model import Transformer
+from experiments import plots, sweep, train
+from experiments.files import write_atomic
+from experiments.summaries import SummaryWriter
+
+
+def validate(config):
+  grid = config.grid
+  if not grid.tables_per_layer or not grid.hashes:
+    raise ValueError('the config has no grid: set grid.tables_per_layer and grid.hashes')
+  if len(grid.tables_per_layer) != config.depth:
+    raise ValueError(f'grid.tables_per_layer has {len(grid.tables_per_layer)} entries for depth {config.depth}')
+  if min(min(t) for t in grid.tables_per_layer) < 1 or min(grid.hashes) < 0 or grid.draws < 1:
+    raise ValueError('grid tables must be >= 1, hashes >= 0 and draws >= 1')
+  if not config.test_size:
+    raise ValueError('the grid evaluates a fixed test set: set test_size > 0')
+  return sweep.validate(config)
+
+
+def cells(grid):
+  """(tables per layer, hashes) in a fixed order."""
+  return [(tuple(tables), z) for tables in itertools.product(*grid.tables_per_layer) for z in grid.hashes]
+
+
+def cell_key(run, step, tables, z):
+  return f'{run}|{step}|{",".join(map(str, tables))}|{z}'
+
+
+def read_rows(path):
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+  return rows
+
+
+class RunEvaluator:
+  """The trained parameters and fixed test set of one run, and a compiled evaluation per grid cell."""
+
+  def __init__(self, c, run_dir):
+    self.c = c
+    self.trainer = train.Trainer(c)
+    manager = train.checkpoint_manager(c, run_dir)
+    state, self.step = train.restore_latest(manager, self.trainer.initial_state)
+    manager.close()
+    if not self.step:
+      raise ValueError(f'{run_dir} has no checkpoint')
+    model, _ = nnx.merge(self.trainer.graphdef, state)
+    self.params = nnx.state(model, nnx.Param)
+    self.test_set = self.trainer.test_set
+    self.surrogate_error = self.error(model)[0]
+
+  def error(self, model):
+    metrics = jax.device_get(jax.jit(lambda m, batch: train.loss_and_metrics(m, batch)[1])(model, self.test_set))
+    return int(metrics['wrong']) / max(int(metrics['counted']), 1), metrics
+
+  def cell(self, tables, z, draws, seed):
+    """Errors and collision stats of `draws` hash draws with anna, `tables[i]` tables in layer i."""
+    c = self.c
+    layers = [train.attention_config(c, 'anna', num_tables=t, num_hashes=z) for t in tables]
+    model_config = train.make_model_config(c, self.trainer.task, 'anna', layer_attention=layers)
+
+    def hash_functions(d):  # the non-Param state (hash functions) of a fresh model; its Params are unused
+      return nnx.split(Transformer(model_config, rngs=nnx.Rngs(seed * 100_003 + d)), nnx.Param, ...)
+
+    graphdef = hash_functions(0)[0]
+
+    @jax.jit  # compiled once per cell, reused by every draw
+    def evaluate(rest, batch):
+      return train.loss_and_metrics(nnx.merge(graphdef, self.params, rest), batch)[1]
+
+    errors, lonely = [], []
+    for d in range(draws):
+      metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
+      errors.append(int(metrics['wrong']) / max(int(metrics['counted']), 1))
+      lonely.append(float(metrics['no_collision_fraction']))
+    return errors, lonely
+
+
+def run_grid(config, workdir):
+  """Evaluates every finished run of the sweep over the grid; returns all rows (resuming from grid.jsonl)."""
+  points = validate(config)
+  path = os.path.join(workdir, 'grid.jsonl')
+  rows = read_rows(path)
+  done = {cell_key(r['run'], r['step'], r['tables'], r['hashes']) for r in rows}
+  todo = cells(config.grid)
+  for name, c in points:
+    if not os.path.exists(sweep.result_path(workdir, name)):
+      logging.warning('grid: %s has not finished training; skipped', name)
+      continue
+    with open(sweep.result_path(workdir, name)) as f:
+      trained_steps = json.load(f)['steps']
+    if all(cell_key(name, trained_steps, t, z) in done for t, z in todo):
+      continue
+    evaluator = RunEvaluator(c, os.path.join(workdir, 'runs', name))
+    logging.info('grid: %s (step %d), surrogate error %.4f; %d cells x %d draws', name, evaluator.step,
+                 evaluator.surrogate_error, len(todo), config.grid.draws)
+    for i, (tables, z) in enumerate(todo):
+      if cell_key(name, evaluator.step, tables, z) in done:
+        continue
+      t0 = time.perf_counter()
+      errors, lonely = evaluator.cell(tables, z, config.grid.draws, config.grid.seed)
+      row = {'run': name, 'beta': c.beta, 'attention': c.attention, 'step': evaluator.step, 'tables': list(tables),
+             'hashes': z, 'draws': len(errors), 'mean': float(np.mean(errors)), 'std': float(np.std(errors)),
+             'errors': errors, 'no_collision_fraction': float(np.mean(lonely)),
+             'surrogate_error': evaluator.surrogate_error}
+      rows.append(row)
+      done.add(cell_key(name, evaluator.step, tables, z))
+      write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+      logging.info('grid [%d/%d] tables %s z %d: error %.3f +- %.3f (%.1fs)', i + 1, len(todo), list(tables), z,
+                   row['mean'], row['std'], time.perf_counter() - t0)
+  write_grid_reports(workdir, rows)
+  return rows
+
+
+def latest_rows(rows):
+  """Rows of each run's latest evaluated checkpoint (a run trained further is evaluated again)."""
+  latest = {}
+  for r in rows:
+    latest[r['run']] = max(latest.get(r['run'], 0), r['step'])
+  return [r for r in rows if r['step'] == latest[r['run']]]
+
+
+def write_grid_reports(workdir, rows):
+  rows = latest_rows(rows)
+  if not rows or jax.process_index() != 0:
+    return
+  write_atomic(os.path.join(workdir, 'grid.md'), grid_markdown(rows))
+  png, height, width = plots.grid_figure(rows)
+  write_atomic(os.path.join(workdir, 'grid.png'), png)
+  writer = SummaryWriter(os.path.join(workdir, 'tb', 'grid'))
+  writer.image(len(rows), 'grid/figure1', png, height, width)
+  writer.close()
+
+
+def best_over_hashes(rows):
+  """{tables: row with the lowest mean error over z} for one run's rows."""
+  best = {}
+  for r in rows:
+    key = tuple(r['tables'])
+    if key not in best or r['mean'] < best[key]['mean']:
+      best[key] = r
+  return best
+
+
+def grid_markdown(rows):
+  lines = ['# Grid evaluation: trained surrogate, ANNA (Algorithm 1) swapped in', '']
+  for run in dict.fromkeys(r['run'] for r in rows):
+    mine = [r for r in rows if r['run'] == run]
+    first = mine[0]
+    lines += [f'## {run}', '', f'Surrogate ({first["attention"]}, beta={first["beta"]:g}) error on the same test '
+              f'set: {first["surrogate_error"]:.4f}. Cells: mean +- std over {first["draws"]} hash draws, '
+              f'checkpoint step {first["step"]}.', '']
+    if len(first['tables']) == 1:
+      hashes = sorted({r['hashes'] for r in mine})
+      lines += ['| tables | ' + ' | '.join(f'z={z}' for z in hashes) + ' |', '|---|' + '---|' * len(hashes)]
+      by = {(r['tables'][0], r['hashes']): r for r in mine}
+      for t in sorted({r['tables'][0] for r in mine}):
+        cells_ = [by.get((t, z)) for z in hashes]
+        lines.append(f'| {t} | ' + ' | '.join(f'{r["mean"]:.3f} +- {r["std"]:.3f}' if r else '' for r in cells_) + ' |')
+    else:
+      best = best_over_hashes(mine)
+      rows_t = sorted({k[0] for k in best})
+      cols_t = sorted({k[1] for k in best})
+      lines += ['Best mean error over z (winning z), rows: layer-1 tables, columns: layer-2 tables.', '',
+                '| l1 \\ l2 | ' + ' | '.join(map(str, cols_t)) + ' |', '|---|' + '---|' * len(cols_t)]
+      for a in rows_t:
+        cells_ = [best.get((a, b)) for b in cols_t]
+        lines.append(f'| {a} | ' + ' | '.join(f'{r["mean"]:.3f} (z={r["hashes"]})' if r else '' for r in cells_) + ' |')
+    lines.append('')
+  return '\n'.join(lines) + '\n'
+
+
+if __name__ == '__main__':
+  from experiments import main
+
+  main.run_cli(mode='grid')

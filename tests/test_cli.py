@@ -1,0 +1,81 @@
+"""Every command line of ours answers bad input with one line on stderr and exit code 2, through a real
+subprocess, and leaves nothing behind (no result files, no checkpoints)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KHOP = '--config=experiments/configs/default.py'
+
+BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
+    ('experiments.main', ['--config.bogus=1'], 'bogus'),
+    ('experiments.main', ['--config=no/such/config.py'], 'config'),
+    ('experiments.main', ['--config=tests/__init__.py'], 'config'),  # a file without get_config()
+    ('experiments.main', ['--config.steps=many'], 'steps'),
+    ('experiments.main', ['--config.sweep.beta=3'], 'beta'),
+    ('experiments.main', [KHOP, '--config.task=copy'], 'unknown task'),
+    ('experiments.main', [KHOP, '--config.max_k=-1'], 'max_k >= 0'),
+    ('experiments.main', [KHOP, '--config.depth=0', '--config.sweep.depth=()'], 'depth'),
+    ('experiments.main', [KHOP, '--config.n=3', '--config.max_k=4'], 'too small'),
+    ('experiments.main', [KHOP, '--config.attention=sparse', '--config.sweep.attention=()'], 'attention kind'),
+    ('experiments.main', ['--config.family=simhash'], 'family'),
+    ('experiments.main', ['--no_such_flag=1'], 'no_such_flag'),
+    ('experiments.main', ['--num_shards=2', '--shard_index=2'], 'shard_index'),
+    ('experiments.main', ['--workdir=/proc/no-such-dir'], 'cannot write'),
+    ('experiments.main', ['--mode=everything'], 'mode'),
+    ('experiments.grid', [KHOP], 'no grid'),
+    ('experiments.grid', ['--config.grid.draws=0'], 'draws'),
+    ('experiments.grid', ['--config.grid.tables_per_layer=((1,),(2,))'], 'depth'),
+    ('benchmarks.scaling', ['--kinds=sparse'], 'unknown kinds'),
+    ('benchmarks.scaling', ['--lengths=1k'], 'lengths'),
+    ('benchmarks.scaling', ['--lengths=0'], '>= 1'),
+    ('benchmarks.scaling', ['--repeats=0'], '>= 1'),
+    ('benchmarks.scaling', ['--repeats=two'], 'repeats'),
+    ('benchmarks.scaling', ['--outdir=/proc/no-such-dir', '--lengths=64'], 'cannot write'),
+    ('launch.launch', ['--target=tpu', '--dry_run'], 'tpu_name'),
+    ('launch.launch', ['--target=moon'], 'target'),
+    ('launch.launch', ['--num_shards=0', '--dry_run'], 'num_shards'),
+    ('launch.launch', ['--target=slurm', '--script=/proc/no-such-dir/job.sbatch'], 'cannot write'),
+]
+
+
+def run(module, args, cwd, env_extra=None):
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **(env_extra or {}))
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+@pytest.mark.parametrize('module, args, word', BAD_INPUTS, ids=[f'{m}:{" ".join(a)}' for m, a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, module, args, word):
+  workdir = tmp_path / 'work'
+  extra = [f'--workdir={workdir}'] if module.startswith('experiments') and not any(
+      a.startswith('--workdir') for a in args) else []
+  extra += [f'--outdir={workdir}'] if module == 'benchmarks.scaling' and not any(
+      a.startswith('--outdir') for a in args) else []
+  # Relative config paths resolve from the repository root.
+  result = run(module, [*args, *extra], cwd=ROOT)
+  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+  assert result.stderr.strip().count('\n') == 0, result.stderr[-2000:]
+  assert word in result.stderr and 'Traceback' not in result.stderr, result.stderr
+  assert not workdir.exists() or not any(workdir.rglob('*.json*')), 'a failed start left results behind'
+
+
+def test_missing_sbatch_is_one_line(tmp_path):
+  result = run('launch.launch', ['--target=slurm', f'--script={tmp_path / "job.sbatch"}'], cwd=ROOT,
+               env_extra={'PATH': str(tmp_path)})  # no sbatch anywhere
+  assert result.returncode == 2 and 'sbatch is not installed' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_console_has_no_backend_probe_noise_and_fits_80_columns(tmp_path):
+  args = [KHOP, f'--workdir={tmp_path}', '--config.n=8', '--config.max_k=1', '--config.width=16',
+          '--config.num_heads=2', '--config.steps=4', '--config.warmup_steps=1', '--config.batch_size=8',
+          '--config.log_every=2', '--config.eval_every=4', '--config.checkpoint_every=2', '--config.eval_batches=1',
+          '--config.sweep.depth=(1,)', "--config.sweep.attention=('full',)"]
+  result = run('experiments.main', args, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'backend' not in result.stderr and 'libtpu' not in result.stderr
+  progress = [line for line in result.stderr.splitlines() if ' step ' in line]
+  assert progress and all(len(line) <= 80 for line in progress), progress

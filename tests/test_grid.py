@@ -1,0 +1,94 @@
+"""Train once, evaluate on a grid: tiny configs end to end, resume included."""
+
+import json
+
+import numpy as np
+
+from experiments import grid, sweep
+from experiments.configs import match2_paper, quick_figure1a
+
+
+def tiny_match2(**overrides):
+  c = match2_paper.get_config()
+  c.n, c.modulus, c.width, c.train_size, c.test_size = 8, 11, 16, 64, 16
+  c.steps, c.batch_size, c.warmup_steps = 12, 8, 2
+  c.log_every, c.eval_every, c.checkpoint_every = 6, 12, 6
+  c.sweep.beta = (0.1, 10.0)
+  c.grid.tables_per_layer, c.grid.hashes, c.grid.draws = ((1, 3),), (1, 2), 2
+  for name, value in overrides.items():
+    c[name] = value
+  return c
+
+
+def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch):
+  c = tiny_match2()
+  sweep.run_sweep(c, str(tmp_path))
+  calls = []
+  real_cell = grid.RunEvaluator.cell
+  monkeypatch.setattr(grid.RunEvaluator, 'cell', lambda self, *a: calls.append(a) or real_cell(self, *a))
+  rows = grid.run_grid(c, str(tmp_path))
+  assert len(rows) == 2 * 2 * 2 == len(calls)  # 2 runs (betas) x 2 table counts x 2 hash counts
+  assert {r['beta'] for r in rows} == {0.1, 10.0}
+  for r in rows:
+    assert len(r['errors']) == 2 and np.isclose(r['mean'], np.mean(r['errors']))
+    assert 0.0 <= r['mean'] <= 1.0 and 0.0 <= r['surrogate_error'] <= 1.0 and r['step'] == 12
+  assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
+  assert 'z=1' in (tmp_path / 'grid.md').read_text()
+  assert list((tmp_path / 'tb' / 'grid').iterdir())
+  # Same draws, same numbers: a second evaluation of one cell is identical.
+  evaluator = grid.RunEvaluator(c, str(tmp_path / 'runs' / rows[0]['run']))
+  again, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
+  assert again == rows[0]['errors']
+
+  # Killed mid-grid: drop the last three cells from grid.jsonl; the same call recomputes only those.
+  lines = (tmp_path / 'grid.jsonl').read_text().splitlines()
+  (tmp_path / 'grid.jsonl').write_text('\n'.join(lines[:-3]) + '\n')
+  calls.clear()
+  resumed = grid.run_grid(c, str(tmp_path))
+  assert len(calls) == 3
+  key = lambda r: (r['run'], tuple(r['tables']), r['hashes'])
+  assert sorted(map(key, resumed)) == sorted(map(key, rows))
+  by_key = {key(r): r['errors'] for r in rows}
+  assert all(by_key[key(r)] == r['errors'] for r in resumed)
+
+
+def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
+  from experiments.configs import induction_paper
+  c = induction_paper.get_config()
+  c.n, c.width, c.test_size, c.steps, c.batch_size, c.warmup_steps = 12, 16, 8, 4, 4, 1
+  c.log_every, c.eval_every, c.checkpoint_every = 2, 4, 2
+  c.sweep.beta = (1.0,)
+  c.grid.tables_per_layer, c.grid.hashes, c.grid.draws = ((2, 4), (1, 3)), (1, 2), 1
+  sweep.run_sweep(c, str(tmp_path))
+  rows = grid.run_grid(c, str(tmp_path))
+  assert len(rows) == 2 * 2 * 2 and all(len(r['tables']) == 2 for r in rows)
+  best = grid.best_over_hashes(rows)
+  for tables, r in best.items():
+    assert r['mean'] == min(x['mean'] for x in rows if tuple(x['tables']) == tables)
+  text = (tmp_path / 'grid.md').read_text()
+  assert 'l1 \\ l2' in text and '(z=' in text
+  assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path):
+  c = tiny_match2()
+  c.sweep.beta = (0.1,)
+  sweep.run_sweep(c, str(tmp_path))
+  first = grid.run_grid(c, str(tmp_path))
+  longer = tiny_match2(steps=18)
+  longer.sweep.beta = (0.1,)
+  results = sweep.run_sweep(longer, str(tmp_path))
+  assert results[0]['steps'] == 18 and results[0]['resumed_from'] == 12
+  rows = grid.run_grid(longer, str(tmp_path))
+  assert len(rows) == 2 * len(first) and {r['step'] for r in rows} == {12, 18}
+  assert grid.latest_rows(rows) == [r for r in rows if r['step'] == 18]
+  assert 'step 18' in (tmp_path / 'grid.md').read_text()
+
+
+def test_quick_config_is_the_paper_setup_scaled_down():
+  c = quick_figure1a.get_config()
+  paper = match2_paper.get_config()
+  for field in ('task', 'n', 'modulus', 'train_size', 'test_size', 'depth', 'width', 'num_heads', 'attention',
+                'learning_rate', 'batch_size'):
+    assert c[field] == paper[field], field
+  assert c.steps < paper.steps and json.dumps(c.grid.tables_per_layer)
