@@ -159,16 +159,6 @@ def write_grid_reports(workdir, rows):
   writer.close()
 
 
-def best_over_hashes(rows):
-  """{tables: row with the lowest mean error over z} for one run's rows."""
-  best = {}
-  for r in rows:
-    key = tuple(r['tables'])
-    if key not in best or r['mean'] < best[key]['mean']:
-      best[key] = r
-  return best
-
-
 def grid_markdown(rows):
   lines = ['# Grid evaluation: trained surrogate, ANNA (Algorithm 1) swapped in', '']
   for run in dict.fromkeys(r['run'] for r in rows):
@@ -185,7 +175,7 @@ def grid_markdown(rows):
         cells_ = [by.get((t, z)) for z in hashes]
         lines.append(f'| {t} | ' + ' | '.join(f'{r["mean"]:.3f} +- {r["std"]:.3f}' if r else '' for r in cells_) + ' |')
     else:
-      best = best_over_hashes(mine)
+      best = plots.best_over_hashes(mine)
       rows_t = sorted({k[0] for k in best})
       cols_t = sorted({k[1] for k in best})
       lines += ['Best mean error over z (winning z), rows: layer-1 tables, columns: layer-2 tables.', '',

@@ -15,7 +15,20 @@ from experiments import grid, sweep
 from experiments.cli import fail, first_line, flags_parser, quiet_console, writable_dir
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'quick_figure1a.py')
-_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file; override fields with --config.x=y.')
+
+
+
+def config_error(error):
+  """One line for a config file or --config.x override that cannot be applied."""
+  if isinstance(error, (KeyError, AttributeError)):
+    return f'unknown config field {first_line(error)}: see the config file for its fields'
+  return f'bad --config: {first_line(error)}'
+
+
+try:  # ml_collections reads the --config.x overrides from sys.argv already here, when the flag is defined
+  _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Config file; override fields with --config.x=y.')
+except Exception as e:  # noqa: BLE001 -- any failure here comes from the command line
+  fail(config_error(e))
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/quick_figure1a', 'Where checkpoints, TensorBoard logs and results go.')
 _MODE = flags.DEFINE_enum('mode', 'all', ['all', 'train', 'grid'], 'all: train the sweep, then evaluate the '
                           "config's grid (if any); train: only train; grid: only evaluate finished runs.")
@@ -33,11 +46,13 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host
 def load_config():
   """The config with its --config.x overrides applied (ml_collections applies them lazily, here)."""
   try:
-    return _CONFIG.value
+    config = _CONFIG.value
+    config.sweep  # a file that failed to load yields a stand-in that raises here  # noqa: B018
+    return config
+  except OSError:
+    fail(f'cannot load the config file {flags.FLAGS["config"].config_filename!r}')
   except Exception as e:  # noqa: BLE001 -- a missing or broken config file or override is the user's input
-    if isinstance(e, (KeyError, AttributeError)):
-      fail(f'unknown config field {first_line(e)}: see the config file for the fields')
-    fail(f'bad --config: {first_line(e)}')
+    fail(config_error(e))
 
 
 def main(argv, mode=None):

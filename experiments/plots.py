@@ -29,12 +29,27 @@ def error_vs_depth(results):
     ax.set_xlabel('depth')
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel('per-token error')
+  return png(fig)
+
+
+def png(fig):
+  """(png bytes, height, width) of a finished figure, which is closed."""
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format='png', dpi=100)
   width, height = (int(x) for x in fig.canvas.get_width_height())
   plt.close(fig)
   return buffer.getvalue(), height, width
+
+
+def best_over_hashes(rows):
+  """{tables tuple: the row with the lowest mean error over z} for one run's grid rows."""
+  best = {}
+  for r in rows:
+    key = tuple(r['tables'])
+    if key not in best or r['mean'] < best[key]['mean']:
+      best[key] = r
+  return best
 
 
 def grid_figure(rows):
@@ -54,11 +69,7 @@ def grid_figure(rows):
       ax.set_ylabel(f"test error (mean over {mine[0]['draws']} draws)")
       ax.legend(fontsize=7)
     else:
-      best = {}
-      for r in mine:
-        key = (r['tables'][0], r['tables'][1])
-        if key not in best or r['mean'] < best[key]['mean']:
-          best[key] = r
+      best = best_over_hashes(mine)
       rows_t, cols_t = sorted({k[0] for k in best}), sorted({k[1] for k in best})
       grid = np.full((len(rows_t), len(cols_t)), np.nan)
       for (a, b), r in best.items():
@@ -73,9 +84,4 @@ def grid_figure(rows):
       ax.set_ylabel('layer-1 tables')
       fig.colorbar(image, ax=ax, label='best mean error over z')
     ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=100)
-  width, height = (int(x) for x in fig.canvas.get_width_height())
-  plt.close(fig)
-  return buffer.getvalue(), height, width
+  return png(fig)

@@ -62,6 +62,7 @@ def make_model_config(c, task, attention_kind, layer_attention=()):
 def validate(c):
   """Raises ValueError with a one-line message for anything that cannot run."""
   task = make_task_from_config(c)
+  hashing_config(c).validate()  # also when only a grid or eval_attention will hash
   make_model_config(c, task, c.attention).validate()
   if c.eval_attention:
     make_model_config(c, task, c.eval_attention).validate()

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from experiments import grid, sweep
+from experiments import grid, plots, sweep
 from experiments.configs import match2_paper, quick_figure1a
 
 
@@ -62,7 +62,7 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   sweep.run_sweep(c, str(tmp_path))
   rows = grid.run_grid(c, str(tmp_path))
   assert len(rows) == 2 * 2 * 2 and all(len(r['tables']) == 2 for r in rows)
-  best = grid.best_over_hashes(rows)
+  best = plots.best_over_hashes(rows)
   for tables, r in best.items():
     assert r['mean'] == min(x['mean'] for x in rows if tuple(x['tables']) == tables)
   text = (tmp_path / 'grid.md').read_text()
