@@ -63,7 +63,7 @@ def test_two_processes_train_together_like_one_process_with_two_devices(tmp_path
   single = launch(tmp_path / 'single', 2)
   output = single.communicate(timeout=300)[0]
   assert single.returncode == 0, output[-3000:]
-  name = 'khop-anna-d1-w16-n8-k1-l4-z2-s0'
+  name = 'khop-anna_softmax-d1-w16-n8-k1-l4-z2-s0'
   multi = json.loads((tmp_path / 'multi' / 'runs' / name / 'result.json').read_text())
   alone = json.loads((tmp_path / 'single' / 'runs' / name / 'result.json').read_text())
   assert multi['num_devices'] == alone['num_devices'] == 2
