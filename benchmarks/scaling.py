@@ -69,7 +69,7 @@ _ANNA_HASHES = flags.DEFINE_integer('anna_hashes', 0, 'anna: hashes per table; 0
 _HASHES = flags.DEFINE_integer('num_hashes', 0, 'anna_softmax: hashes per table; 0 = log2(n / 8) (buckets of '
                                'about 8 keys, so few overflow the window), capped so the int32 sort key fits.')
 _CHUNK = flags.DEFINE_integer('chunk_size', 32, 'anna_softmax: queries per chunk.')
-_WINDOW = flags.DEFINE_integer('window', 128, 'anna_softmax: keys per chunk window.')
+_WINDOW = flags.DEFINE_integer('window', 64, 'anna_softmax: keys per chunk window.')
 _ROUNDS = flags.DEFINE_integer('reformer_rounds', 8, 'reformer: hashing rounds (n_hashes).')
 _REFORMER_CHUNK = flags.DEFINE_integer('reformer_chunk', 64, 'reformer: chunk size; buckets = n / chunk '
                                        '(mean bucket one chunk, as in the Reformer paper).')
@@ -85,6 +85,7 @@ _MEMORY_BUDGET = flags.DEFINE_float('memory_budget_gb', 0.0, 'Skip points whose 
 _OUTDIR = flags.DEFINE_string('outdir', 'results/scaling', 'Where the CSV, JSON, report, plot and TensorBoard go.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Write a jax.profiler trace of one call per point to outdir/trace.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Inputs and random projections.')
+_CAUSAL = flags.DEFINE_bool('causal', False, 'Causal attention for every kind (query i sees keys j <= i).')
 
 
 @dataclasses.dataclass
@@ -166,7 +167,7 @@ def make_kind(kind, n, key):
     projections = draw_projections(key, heads, d, config)
 
     def anna(q, k, v):
-      out, stats = anna_attention(q, k, v, projections, config)
+      out, stats = anna_attention(q, k, v, projections, config, causal=_CAUSAL.value)
       return out, stats._asdict()
 
     return Kind(anna, f'l={config.num_tables} z={config.num_hashes}',
@@ -177,7 +178,7 @@ def make_kind(kind, n, key):
     projections = draw_projections(key, heads, d, config)
 
     def anna_softmax(q, k, v):
-      out, stats = anna_softmax_attention(q, k, v, projections, config)
+      out, stats = anna_softmax_attention(q, k, v, projections, config, causal=_CAUSAL.value)
       return out, {'dropped_fraction': stats.dropped_fraction}
 
     def allowed(positions, q, k):
@@ -193,7 +194,7 @@ def make_kind(kind, n, key):
     rotations = draw_rotations(key, heads, d, config)
 
     def reformer(q, k, v):
-      out, stats = reformer_attention(q, k, v, rotations, config)
+      out, stats = reformer_attention(q, k, v, rotations, config, causal=_CAUSAL.value)
       return out, {'dropped_fraction': stats.dropped_fraction}
 
     def allowed(positions, q, k):
@@ -207,13 +208,15 @@ def make_kind(kind, n, key):
                 flops(buckets=config.num_buckets, rounds=config.num_rounds, chunk=config.chunk_size), allowed)
   if kind == 'lowrank':
     features = draw_random_features(key, heads, d, _FEATURES.value)
-    return Kind(lambda q, k, v: (lowrank_attention(q, k, v, features), {}), f'features={_FEATURES.value}',
+    return Kind(lambda q, k, v: (lowrank_attention(q, k, v, features, causal=_CAUSAL.value), {}),
+                f'features={_FEATURES.value}',
                 flops(features=_FEATURES.value))
   if kind == 'full_blockwise':
-    return Kind(lambda q, k, v: (full_blockwise_attention(q, k, v, block=_BLOCK.value), {}),
+    return Kind(lambda q, k, v: (full_blockwise_attention(q, k, v, block=_BLOCK.value, causal=_CAUSAL.value), {}),
                 f'block={_BLOCK.value}', flops())
   implementation = 'cudnn' if kind == 'full_cudnn' else None
-  return Kind(lambda q, k, v: (full_attention(q, k, v, implementation=implementation), {}), '', flops())
+  return Kind(lambda q, k, v: (full_attention(q, k, v, implementation=implementation, causal=_CAUSAL.value), {}),
+              '', flops())
 
 
 def make_step(fn, mode):
@@ -226,18 +229,21 @@ def make_step(fn, mode):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def relative_error(kind, q, k, v, out, positions, allowed):
+def relative_error(kind, q, k, v, out, positions, allowed, causal=False):
   """||out - exact|| / ||exact|| on the sampled queries; exact = softmax(q.k / sqrt(d)) over `allowed` pairs
   (all pairs when None; Reformer's shared QK: keys are the normalised queries, self only when alone)."""
   d = q.shape[-1]
   keys = q / jnp.linalg.norm(q.astype(jnp.float32), axis=-1, keepdims=True).astype(q.dtype) if kind == 'reformer' else k
   scores = jnp.einsum('bshd,bkhd->bhsk', q[:, positions], keys, preferred_element_type=jnp.float32) / math.sqrt(d)
+  mask = jnp.ones(scores.shape, bool)
+  if causal:
+    mask = mask & (jnp.arange(q.shape[1])[None, :] <= positions[:, None])
   if allowed is not None:
-    mask = allowed(positions, q, k)
+    mask = mask & allowed(positions, q, k)
     if kind == 'reformer':  # a query with no other key attends to itself
       alone = ~jnp.any(mask, axis=-1, keepdims=True)
       mask = mask | (alone & (positions[:, None] == jnp.arange(q.shape[1])[None, :]))
-    scores = jnp.where(mask, scores, -jnp.inf)
+  scores = jnp.where(mask, scores, -jnp.inf)
   weights = jax.nn.softmax(scores, axis=-1)
   weights = jnp.where(jnp.isnan(weights), 0.0, weights)  # a query with nothing allowed: zeros
   exact = jnp.einsum('bhsk,bkhd->bshd', weights, v.astype(jnp.float32))
@@ -342,7 +348,7 @@ def quality(record, spec, q, k, v, key):
   if record.kind in ('anna_softmax', 'reformer', 'lowrank', 'full_blockwise'):
     n = q.shape[1]
     positions = jnp.sort(jax.random.choice(key, n, (min(_QUALITY_QUERIES.value, n),), replace=False))
-    error = jax.jit(functools.partial(relative_error, record.kind, allowed=spec.allowed))
+    error = jax.jit(functools.partial(relative_error, record.kind, allowed=spec.allowed, causal=_CAUSAL.value))
     record.relative_error = float(error(q, k, v, out, positions))
 
 
@@ -565,6 +571,7 @@ def main(argv):
   kinds = _KINDS.value or list(CPU_KINDS if backend == 'cpu' else KINDS)
   device = f'{device_name()} ({backend}, {jax.device_count()} device(s) visible, 1 used)'
   settings = dict(batch=_BATCH.value, heads=_HEADS.value, head_dim=_HEAD_DIM.value, dtype=_DTYPE.value,
+                  causal=_CAUSAL.value,
                   num_tables=_TABLES.value, anna_hashes=_ANNA_HASHES.value or 'log2(n/32)',
                   anna_softmax_hashes=_HASHES.value or 'log2(n/8)', chunk_size=_CHUNK.value, window=_WINDOW.value,
                   reformer_rounds=_ROUNDS.value, reformer_chunk=_REFORMER_CHUNK.value, block=_BLOCK.value,
