@@ -23,7 +23,7 @@ from flax import nnx
 from anna_jax.anna import anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 from anna_jax.baselines import (draw_random_features, full_attention, full_blockwise_attention, lowrank_attention,
-                                unit_softmax_attention)
+                                unit_norm, unit_softmax_attention)
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 
 KINDS = ('full', 'full_blockwise', 'unit_softmax', 'anna', 'anna_softmax', 'lowrank', 'reformer')
@@ -114,7 +114,7 @@ class HashingAttention(nnx.Module):
     if self.kind == 'anna':
       # Hash the unit-normalised q and k, as the unit_softmax surrogate sees them (angular LSH is
       # scale-invariant, so this only makes the correspondence explicit).
-      q, k = (x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-12)) for x in (q, k))
+      q, k = unit_norm(q), unit_norm(k)
       out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
       return out, stats._asdict()
     out, stats = anna_softmax_attention(q, k, v, projections, self.config, mask=mask, causal=causal)

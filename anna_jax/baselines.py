@@ -17,18 +17,20 @@ def full_attention(q, k, v, *, mask=None, causal=False, implementation=None):
   return out
 
 
+def unit_norm(x):
+  """x / |x| over the last axis, computed in float32 and floored so a zero vector stays finite."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.maximum(jnp.sum(x32 * x32, axis=-1, keepdims=True), 1e-12))).astype(x.dtype)
+
+
 def unit_softmax_attention(q, k, v, *, beta, mask=None, causal=False):
   """The paper's surrogate for ANNA: softmax(beta * q.k) over unit-normalised q and k, no 1 / sqrt(d).
 
   Angular LSH sees only directions, so a model trained with it can be evaluated with `anna` hashing the same
   normalised queries and keys. The norms are floored so a zero vector stays finite.
   """
-  def unit(x):
-    x32 = x.astype(jnp.float32)
-    return (x32 * jax.lax.rsqrt(jnp.maximum(jnp.sum(x32 * x32, axis=-1, keepdims=True), 1e-12))).astype(x.dtype)
-
   key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-  out = jax.nn.dot_product_attention(unit(q), unit(k), v, mask=key_mask, is_causal=causal, scale=beta)
+  out = jax.nn.dot_product_attention(unit_norm(q), unit_norm(k), v, mask=key_mask, is_causal=causal, scale=beta)
   if mask is not None:
     out = out * mask[:, :, None, None].astype(out.dtype)
   return out

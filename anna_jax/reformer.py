@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from anna_jax import lsh
 from anna_jax.anna_softmax import check_loop_plan, map_rows, resolve_loop_plan
+from anna_jax.baselines import unit_norm
 
 _MASKED = -1e9  # causal / padding
 _SELF = -1e5  # a token's score with itself: used only when nothing else is allowed
@@ -147,8 +148,7 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
   chunk = min(config.chunk_size, n)
   n_pad = -(-n // chunk) * chunk
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
-  keys = q * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(q.astype(jnp.float32)), -1, keepdims=True), 1e-12)
-                           ).astype(q.dtype)
+  keys = unit_norm(q)
   buckets = bucket_codes(q, rotations)  # (batch, heads, rounds, n)
   pad = n_pad - n
   q, keys, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, keys, v))
