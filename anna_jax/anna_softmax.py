@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import lsh
-from anna_jax.anna import ANNAConfig
+from anna_jax.anna import ANNAConfig, resolve_loop_plan
 
 _NEG = -1e30  # finite "minus infinity": exp(_NEG - _NEG) stays 1, never NaN
 _TOKEN_BUDGET = 1 << 13  # tokens per step of the (batch * head) loop: one head's working set stays in cache
@@ -42,11 +42,9 @@ class ANNASoftmaxConfig(ANNAConfig):
   chunk_size: int = 64  # sorted queries per chunk
   window: int = 128  # sorted keys each chunk reads (clipped to the padded length)
   weighting: str = 'softmax'  # 'softmax' or 'uniform' over the colliding keys
-  loop_plan: str = 'auto'  # 'cpu', 'accelerator' or 'auto' (by jax.default_backend())
 
   def validate(self):
-    super().validate()
-    check_loop_plan(self.loop_plan)
+    super().validate()  # checks loop_plan too
     if self.chunk_size < 1 or self.window < 1:
       raise ValueError(f'anna_softmax needs chunk_size >= 1 and window >= 1, got {self.chunk_size}, {self.window}')
     if self.weighting not in ('softmax', 'uniform'):
@@ -60,21 +58,6 @@ class ANNASoftmaxStats(NamedTuple):
   @property
   def dropped_fraction(self):
     return self.dropped / jnp.maximum(self.collisions, 1.0)
-
-
-LOOP_PLANS = ('auto', 'cpu', 'accelerator')
-
-
-def check_loop_plan(plan):
-  if plan not in LOOP_PLANS:
-    raise ValueError(f'loop_plan must be one of {LOOP_PLANS}, got {plan!r}')
-
-
-def resolve_loop_plan(plan):
-  """'cpu' or 'accelerator'; 'auto' follows the default backend."""
-  if plan == 'auto':
-    return 'cpu' if jax.default_backend() == 'cpu' else 'accelerator'
-  return plan
 
 
 def map_rows(fn, xs, plan, batch_size=None):

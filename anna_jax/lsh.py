@@ -51,22 +51,35 @@ def code_space(projections, family):
   return values_per_hash(projections, family) ** num_hashes(projections, family)
 
 
-def hash_digits(x, projections, family):
-  """Per-hash codes of x (batch, n, heads, head_dim): (batch, n, heads, tables, hashes) int32.
+def _head_major_digits(x, projections, family):
+  """Per-hash codes of x (batch, n, heads, head_dim), heads leading: (heads, batch * n, tables, hashes) int32.
 
-  Cost O(n * head_dim * hashes * tables) for hyperplanes (times d' for cross-polytope); the number of
-  buckets never enters a matmul.
+  One matmul per head with the heads as the leading batch axis: XLA's fastest layout on CPU (a head axis in
+  the middle of x costs a transpose of x per matmul). Cost O(n * head_dim * hashes * tables) for hyperplanes
+  (times d' for cross-polytope); the number of buckets never enters a matmul.
   """
   validate_family(family)
+  batch, n, heads, dim = x.shape
   # Hash in float32 whatever the input dtype: a bfloat16 product would flip the codes of vectors near a
   # boundary, so the same (rounded) inputs would land in other buckets than in float32.
-  x, projections = x.astype(jnp.float32), projections.astype(jnp.float32)
+  x = x.astype(jnp.float32).reshape(batch * n, heads, dim)
+  projections = projections.astype(jnp.float32)
   if family == 'hyperplane':
-    return (jnp.einsum('bnhd,hldz->bnhlz', x, projections) > 0).astype(jnp.int32)
-  y = jnp.einsum('bnhd,hlzde->bnhlze', x, projections)
+    _, tables, _, hashes = projections.shape
+    weights = jnp.transpose(projections, (0, 2, 1, 3)).reshape(heads, dim, tables * hashes)
+    y = jnp.einsum('mhd,hdk->hmk', x, weights)
+    return (y > 0).astype(jnp.int32).reshape(heads, batch * n, tables, hashes)
+  y = jnp.einsum('mhd,hlzde->hmlze', x, projections)
   index = jnp.argmax(jnp.abs(y), axis=-1)
   negative = jnp.take_along_axis(y, index[..., None], axis=-1)[..., 0] < 0
   return (index + y.shape[-1] * negative).astype(jnp.int32)
+
+
+def hash_digits(x, projections, family):
+  """Per-hash codes of x (batch, n, heads, head_dim): (batch, n, heads, tables, hashes) int32."""
+  batch, n, heads, _ = x.shape
+  digits = _head_major_digits(x, projections, family)
+  return jnp.swapaxes(digits, 0, 1).reshape(batch, n, heads, *digits.shape[2:])
 
 
 def _pack(digits, base):
@@ -75,31 +88,60 @@ def _pack(digits, base):
   return jnp.sum(digits * weights, axis=-1, dtype=jnp.int32)
 
 
+def _table_codes(x, projections, family):
+  """(batch, n, heads, tables) int32 codes; the caller checks that the code space fits int32."""
+  batch, n, heads, _ = x.shape
+  codes = _pack(_head_major_digits(x, projections, family), values_per_hash(projections, family))
+  return jnp.swapaxes(codes, 0, 1).reshape(batch, n, heads, codes.shape[-1])
+
+
+def _check_int32(projections, family):
+  space = code_space(projections, family)
+  if space > _INT32_CODES:
+    raise ValueError(f'{family} codes of {num_hashes(projections, family)} hashes span {space} values, more than '
+                     'int32 holds; use bucket_ids, which groups them exactly by sorting')
+
+
 def hash_codes(x, projections, family):
   """One integer code per table: (batch, heads, tables, n) int32 for x of shape (batch, n, heads, head_dim).
 
   Two vectors share a bucket of a table iff their codes in that table are equal.
   """
-  space = code_space(projections, family)
-  if space > _INT32_CODES:
-    raise ValueError(f'{family} codes of {num_hashes(projections, family)} hashes span {space} values, more than '
-                     'int32 holds; use bucket_ids, which groups them exactly by sorting')
-  codes = _pack(hash_digits(x, projections, family), values_per_hash(projections, family))
-  return jnp.transpose(codes, (0, 2, 3, 1))
+  _check_int32(projections, family)
+  return jnp.transpose(_table_codes(x, projections, family), (0, 2, 3, 1))
 
 
-def bucket_ids(q, k, projections, family):
+def _blocked_codes(x, projections, family, block_size):
+  """`_table_codes` block_size tokens at a time: only one block's float32 projections exist at once."""
+  n = x.shape[1]
+  if n <= block_size:
+    return _table_codes(x, projections, family)
+
+  def hash_block(i, codes):
+    start = jnp.minimum(i * block_size, n - block_size)  # the last block overlaps the one before: recomputed
+    block = _table_codes(jax.lax.dynamic_slice_in_dim(x, start, block_size, axis=1), projections, family)
+    return jax.lax.dynamic_update_slice_in_dim(codes, block, start, axis=1)
+
+  codes = jnp.zeros((*x.shape[:3], projections.shape[1]), jnp.int32)
+  return jax.lax.fori_loop(0, -(-n // block_size), hash_block, codes)
+
+
+def bucket_ids(q, k, projections, family, block_size=0):
   """Bucket ids of queries and keys: (q_ids, k_ids, num_ids).
 
   q_ids (batch, n_q, heads, tables) and k_ids (batch, n_k, heads, tables) are int32 in [0, num_ids), equal iff
   the full codes are. num_ids (a Python int) is the code space when it fits int32; otherwise the distinct codes
   are numbered by a lexicographic sort of the digit tuples of queries and keys together (num_ids = n_q + n_k).
+  block_size > 0 hashes that many tokens at a time in a loop (the CPU plan: the (n, heads, tables * hashes)
+  float32 projections never exist whole); the int32 path only.
   """
-  q_digits, k_digits = hash_digits(q, projections, family), hash_digits(k, projections, family)
   space = code_space(projections, family)
   if space <= _INT32_CODES:
-    base = values_per_hash(projections, family)
-    return _pack(q_digits, base), _pack(k_digits, base), space
+    if block_size:
+      return (_blocked_codes(q, projections, family, block_size),
+              _blocked_codes(k, projections, family, block_size), space)
+    return _table_codes(q, projections, family), _table_codes(k, projections, family), space
+  q_digits, k_digits = hash_digits(q, projections, family), hash_digits(k, projections, family)
   n_q = q.shape[1]
   ids = _dense_ids(jnp.concatenate([q_digits, k_digits], axis=1))
   return ids[:, :n_q], ids[:, n_q:], ids.shape[1]

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import lsh
-from anna_jax.anna_softmax import check_loop_plan, map_rows, resolve_loop_plan
+from anna_jax.anna import check_loop_plan, resolve_loop_plan
+from anna_jax.anna_softmax import map_rows
 from anna_jax.baselines import unit_norm
 
 _MASKED = -1e9  # causal / padding

@@ -1,10 +1,13 @@
 """The paper's ANNA (Algorithm 1) against its dense oracle, and the LSH families it hashes with."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from anna_jax import anna as anna_module
 from anna_jax import lsh
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.oracle import anna_dense_reference
@@ -29,9 +32,11 @@ CASES = [  # (family, tables, hashes, crosspolytope_dim): the paper's ranges, l 
 
 @pytest.mark.parametrize('family, tables, hashes, cp_dim', CASES)
 @pytest.mark.parametrize('causal', [False, True])
-def test_equals_dense_oracle_outputs_and_v_gradients(family, tables, hashes, cp_dim, causal):
+@pytest.mark.parametrize('plan', ['cpu', 'accelerator'])
+def test_equals_dense_oracle_outputs_and_v_gradients(family, tables, hashes, cp_dim, causal, plan):
   n = 100
-  config = ANNAConfig(num_tables=tables, num_hashes=hashes, family=family, crosspolytope_dim=cp_dim)
+  config = ANNAConfig(num_tables=tables, num_hashes=hashes, family=family, crosspolytope_dim=cp_dim,
+                      loop_plan=plan)
   q, k, v = qkv(n, seed=tables + hashes)
   proj = draw_projections(jax.random.key(tables), 2, 8, config)
   # Batch row 1 is padded after 70 tokens: padded keys never count and padded queries output zeros.
@@ -51,6 +56,40 @@ def test_equals_dense_oracle_outputs_and_v_gradients(family, tables, hashes, cp_
   probe = jax.random.normal(jax.random.key(7), out.shape)
   grad = jax.grad(lambda v: jnp.sum(anna(v)[0] * probe))(v)
   np.testing.assert_allclose(grad, jax.grad(lambda v: jnp.sum(oracle(v) * probe))(v), atol=2e-5)
+
+
+@pytest.mark.parametrize('tables, hashes', [(40, 2), (96, 6), (8, 3)])  # 5 groups of 8, 96 of 1, one group
+@pytest.mark.parametrize('causal', [False, True])
+def test_cpu_plan_blocks_and_table_groups_equal_the_oracle(monkeypatch, tables, hashes, causal):
+  # Blocks far smaller than n = 100, none dividing it: the CPU plan's loops over hash blocks, key blocks and
+  # causal blocks all run several steps and end on a partial block.
+  monkeypatch.setattr(anna_module, '_HASH_BLOCK', 32)
+  monkeypatch.setattr(anna_module, '_KEY_BLOCK', 24)
+  monkeypatch.setattr(anna_module, '_CAUSAL_BLOCK', 12)
+  n = 100
+  config = ANNAConfig(num_tables=tables, num_hashes=hashes, loop_plan='cpu')
+  assert anna_module._group_size(tables, n, 2**hashes, 2 * 2 * 8) == {40: 8, 96: 1, 8: 8}[tables]
+  q, k, v = qkv(n, seed=5)
+  proj = draw_projections(jax.random.key(5), 2, 8, config)
+  mask = padding_mask(n, [n, 61])
+  out, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+  expected = anna_dense_reference(q, k, v, proj, family='hyperplane', mask=mask, causal=causal)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+  accelerator = dataclasses.replace(config, loop_plan='accelerator')
+  _, stats_too = anna_attention(q, k, v, proj, accelerator, mask=mask, causal=causal)
+  assert float(stats.mean_collisions) == float(stats_too.mean_collisions)
+  assert float(stats.no_collision_fraction) == float(stats_too.no_collision_fraction)
+
+
+def test_blocked_hashing_equals_hashing_at_once():
+  config = ANNAConfig(num_tables=3, num_hashes=4)
+  q, k, _ = qkv(100, seed=2)
+  proj = draw_projections(jax.random.key(2), 2, 8, config)
+  whole = lsh.bucket_ids(q, k, proj, 'hyperplane')
+  blocked = lsh.bucket_ids(q, k, proj, 'hyperplane', block_size=32)  # 4 blocks, the last overlapping
+  for a, b in zip(whole[:2], blocked[:2]):
+    np.testing.assert_array_equal(a, b)
+  assert whole[2] == blocked[2] == 16
 
 
 def test_stats_count_collisions_and_lonely_queries():
