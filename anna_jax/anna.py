@@ -14,11 +14,13 @@ dropped pair in either:
   paper; k-hop / induction heads need it: query i counts only keys j <= i): keys and queries sorted together
   by (bucket, position), a key before the query at its own position; prefix sums over the sorted values give
   each query its bucket's sum up to its position. The sorted path also serves buckets outnumbering keys.
-- 'cpu': the working set stays in cache. Tokens are hashed 2048 at a time; groups of up to 8 tables are built
-  together, key block by key block, into stacked bucket tables (sums, counts), and the queries read a group
-  with one fused gather-and-add. Causal walks blocks of 16 tokens in order: a block's queries read the tables
-  (keys of earlier blocks) before the block's keys are added, and the pairs inside each block (j <= i) are
-  counted densely, all blocks in one batched matmul. No sort. Code spaces larger than n take the sorted path.
+- 'cpu': two C++ kernels (`anna_jax.cpu_kernel`, built on first use; XLA FFI custom calls on XLA's CPU thread
+  pool), because XLA's CPU scatter and gather cost several times the memory they touch. Hyperplane codes
+  by a register-tiled product (cross-polytope codes by XLA, 2048 tokens at a time); then per (batch row,
+  2 heads) task, the bucket tables of all l tables are built in one walk over the keys and read in one walk
+  over the queries. Causal walks the tokens in order, key i added before query i reads: exact, no sort, no
+  prefix sums. The VJP in v is the same kernel with keys and queries swapped (causal: walked backwards).
+  Without a C++ compiler, or for code spaces far larger than n, the 'cpu' plan runs the scan plan instead.
 Sums accumulate in float32 whatever the input dtype. A query with no colliding key outputs zeros; padded
 queries output zeros, padded keys are never counted.
 
@@ -28,12 +30,13 @@ trains the `unit_softmax` surrogate and swaps Algorithm 1 in for evaluation.
 """
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from anna_jax import lsh
+from anna_jax import cpu_kernel, lsh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,127 +170,41 @@ def _scan_plan(q_ids, k_ids, v, valid, num_ids, causal):
   return jax.lax.scan(table_step, init, (jnp.moveaxis(q_ids, 3, 0), jnp.moveaxis(k_ids, 3, 0)))[0]
 
 
-# CPU plan sizes: a key block's values stay in cache while they are added to the group's tables; the
-# causal block is small because its within-block pairs are counted densely; one hash block's float32
-# projections (2048 x heads x tables * hashes) stay a few MB.
-_HASH_BLOCK = 2048
-_KEY_BLOCK = 1024
-_CAUSAL_BLOCK = 16
-_MAX_GROUP = 8  # tables built together (unrolled in the loop body)
-_GROUP_BYTES = 2**28  # their stacked float32 sums at most 256 MiB: at n = 1M (64 MiB per table) 2 tables a
-# step ran in 7.4-8.0 s, 8 tables in 8.6-9.1 s, 1 table in 8.5 s (measured on the 2-core CI machine)
+# The kernel serves code spaces up to this many buckets, or up to n: its tables are zeroed per (batch, head),
+# which must not cost more than the keys it adds.
+_KERNEL_MIN_IDS = 4096
 
 
-def _group_size(num_tables, n, num_ids, batch_heads_dim):
-  """Tables per CPU step: the largest divisor of num_tables within _MAX_GROUP whose stacked tables stay within
-  one v's memory and _GROUP_BYTES."""
-  table_bytes = 4 * (num_ids + 1) * batch_heads_dim
-  limit = max(1, min(_MAX_GROUP, n // (num_ids + 1), _GROUP_BYTES // table_bytes))
-  return max(g for g in range(1, limit + 1) if num_tables % g == 0)
+def _uses_kernel(config, n, num_ids):
+  """Whether the 'cpu' plan's C++ kernel runs (else the scan plan: pure XLA, same outputs)."""
+  return (resolve_loop_plan(config.loop_plan) == 'cpu' and num_ids <= max(n, _KERNEL_MIN_IDS)
+          and cpu_kernel.available())
 
 
-def _table_rows(ids, num_ids):
-  """Flat row of each (token, head, table) in the stacked tables (batch, tables, heads, num_ids + 1)."""
-  batch, _, heads, tables = ids.shape
-  b = jnp.arange(batch)[:, None, None, None]
-  h = jnp.arange(heads)[None, None, :, None]
-  return ((b * tables + jnp.arange(tables)) * heads + h) * (num_ids + 1) + ids
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _kernel_attend(v, q_ids, k_ids, valid, num_ids, causal, v_dtype):
+  """(float32 output, counts) of Algorithm 1 by the C++ kernel; its VJP in v is the same kernel, keys and
+  queries swapped: dv_j = sum_i c_ij g_i / C_i, a key reading the buckets the queries wrote g_i / C_i into.
+  v_dtype is v.dtype (the VJP returns it)."""
+  del v_dtype
+  return cpu_kernel.bucket_attend(q_ids, k_ids, v, valid, valid, num_ids=num_ids, direction=int(causal),
+                                  normalize=True)
 
 
-def _empty_tables(batch, group, heads, num_ids, dim):
-  rows = batch * group * heads * (num_ids + 1)
-  return jnp.zeros((rows, dim), jnp.float32), jnp.zeros((rows,), jnp.int32)
+def _kernel_attend_fwd(v, q_ids, k_ids, valid, num_ids, causal, v_dtype):
+  out, counts = _kernel_attend(v, q_ids, k_ids, valid, num_ids, causal, v_dtype)
+  return (out, counts), (q_ids, k_ids, valid, counts)
 
 
-def _read(tables, rows):
-  """(sums, counts) over the group's tables of the buckets the queries hit: one fused gather-and-add each."""
-  sums, counts = tables
-  tables_in_group = range(rows.shape[-1])
-  return (sum(sums.at[rows[..., t]].get(mode='promise_in_bounds') for t in tables_in_group),
-          sum(counts.at[rows[..., t]].get(mode='promise_in_bounds') for t in tables_in_group))
+def _kernel_attend_bwd(num_ids, causal, v_dtype, residuals, cotangents):
+  q_ids, k_ids, valid, counts = residuals
+  per_query = cotangents[0] / jnp.maximum(counts, 1)[..., None]  # zero-count and padded queries output 0
+  dv, _ = cpu_kernel.bucket_attend(k_ids, q_ids, per_query, valid, valid, num_ids=num_ids,
+                                   direction=2 if causal else 0, normalize=False)
+  return dv.astype(v_dtype), None, None, None
 
 
-def _add(tables, rows, values, ones=1):
-  sums, counts = tables
-  for t in range(rows.shape[-1]):
-    sums = sums.at[rows[..., t]].add(values.astype(jnp.float32), mode='promise_in_bounds')
-    counts = counts.at[rows[..., t]].add(ones, mode='promise_in_bounds')
-  return sums, counts
-
-
-def _cpu_group(q_ids, k_ids, v, valid, num_ids):
-  """Non-causal, one group of tables: build the tables key block by key block, then read them."""
-  batch, n, heads, group = k_ids.shape
-  k_ids = jnp.where(valid[:, :, None, None], k_ids, num_ids)  # padded keys land in a bucket no query reads
-
-  def add_keys(tables, start, size):
-    keys, values = (jax.lax.dynamic_slice_in_dim(x, start, size, axis=1) for x in (k_ids, v))
-    return _add(tables, _table_rows(keys, num_ids), values)
-
-  block = min(_KEY_BLOCK, n)
-  tables = _empty_tables(batch, group, heads, num_ids, v.shape[-1])
-  tables = jax.lax.fori_loop(0, n // block, lambda i, t: add_keys(t, i * block, block), tables)
-  if n % block:
-    tables = add_keys(tables, n - n % block, n % block)
-  return _read(tables, _table_rows(q_ids, num_ids))
-
-
-def _cpu_causal_group(q_ids, k_ids, v, valid, num_ids):
-  """Causal, one group of tables: blocks in order; queries read the tables (earlier blocks), then the block's
-  keys are added; pairs within a block (j <= i) are counted densely, for all blocks at once."""
-  batch, n, heads, group = k_ids.shape
-  size = _CAUSAL_BLOCK
-  pad = -n % size
-  k_ids = jnp.where(valid[:, :, None, None], k_ids, num_ids)  # padded keys match no query id (< num_ids)
-  if pad:  # padding keys are invalid; padding queries are cut off below
-    q_ids, k_ids, v = (jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=c)
-                       for x, c in ((q_ids, 0), (k_ids, num_ids), (v, 0)))
-  blocks = (n + pad) // size
-
-  def step(i, carry):
-    tables, (sums, counts) = carry
-    queries, keys, values = (jax.lax.dynamic_slice_in_dim(x, i * size, size, axis=1)
-                             for x in (q_ids, k_ids, v))
-    # The barrier materialises the read once (else XLA recomputes it in each consumer).
-    block_sums, block_counts = jax.lax.optimization_barrier(_read(tables, _table_rows(queries, num_ids)))
-    sums = jax.lax.dynamic_update_slice_in_dim(sums, block_sums, i * size, axis=1)
-    counts = jax.lax.dynamic_update_slice_in_dim(counts, block_counts, i * size, axis=1)
-    # A never-true condition on the reads makes the adds depend on them (values + 0.0, counts + 1 exactly, NaN
-    # or not), so XLA orders the reads before the in-place adds; otherwise it copies the tables every step.
-    never = (block_sums[..., :1] < -jnp.inf) | (block_counts[..., None] < 0)
-    values = values.astype(jnp.float32) + jnp.where(never, 1.0, 0.0)
-    return _add(tables, _table_rows(keys, num_ids), values, jnp.where(never[..., 0], 2, 1)), (sums, counts)
-
-  tables = _empty_tables(batch, group, heads, num_ids, v.shape[-1])
-  read = (jnp.zeros(v.shape, jnp.float32), jnp.zeros(v.shape[:-1], jnp.int32))
-  _, (sums, counts) = jax.lax.fori_loop(0, blocks, step, (tables, read))
-  # Within a block: pairs[b, h, c, i, j] = tables where query i and key j of block c collide, j <= i. Heads
-  # lead, so the small matmuls need no transpose of the pairs.
-  by_block = lambda x: jnp.swapaxes(x, 1, 2).reshape(batch, heads, blocks, size, *x.shape[3:])
-  q_blocks, k_blocks = by_block(q_ids), by_block(k_ids)
-  pairs = jnp.sum(q_blocks[:, :, :, :, None] == k_blocks[:, :, :, None, :], axis=-1, dtype=jnp.int32)
-  pairs = jnp.where(jnp.tril(jnp.ones((size, size), bool)), pairs, 0)
-  within = jnp.einsum('bhcij,bhcjd->bhcid', pairs.astype(jnp.float32), by_block(v).astype(jnp.float32))
-  sums = sums + jnp.swapaxes(within.reshape(batch, heads, n + pad, -1), 1, 2)
-  counts = counts + jnp.swapaxes(jnp.sum(pairs, axis=-1).reshape(batch, heads, n + pad), 1, 2)
-  return sums[:, :n], counts[:, :n]
-
-
-def _cpu_plan(q_ids, k_ids, v, valid, num_ids, causal):
-  """(sums, counts) of every query over all tables, a group of tables at a time."""
-  batch, n, heads, tables = q_ids.shape
-  group = _group_size(tables, n, num_ids, batch * heads * v.shape[-1])
-  attend = _cpu_causal_group if causal else _cpu_group
-  if group == tables:
-    return attend(q_ids, k_ids, v, valid, num_ids)
-  split = lambda ids: jnp.moveaxis(ids.reshape(batch, n, heads, tables // group, group), 3, 0)
-
-  def group_step(carry, ids):
-    sums, counts = attend(*ids, v, valid, num_ids)
-    return (carry[0] + sums, carry[1] + counts), None
-
-  init = (jnp.zeros(v.shape, jnp.float32), jnp.zeros(v.shape[:-1], jnp.int32))
-  return jax.lax.scan(group_step, init, (split(q_ids), split(k_ids)))[0]
+_kernel_attend.defvjp(_kernel_attend_fwd, _kernel_attend_bwd)
 
 
 def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
@@ -304,18 +221,18 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
   config.validate()
   batch, n, heads, dim = q.shape
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
-  cpu = resolve_loop_plan(config.loop_plan) == 'cpu'
-  # Hash every table up front ('accelerator': one projection per input; XLA would re-transpose q and k for
-  # each table's small matmul) or block by block ('cpu'). The ids are int32 (batch, n, heads, tables).
-  q_ids, k_ids, num_ids = lsh.bucket_ids(q, k, projections, config.family, block_size=_HASH_BLOCK if cpu else 0)
-  if cpu and num_ids <= n:
-    sums, counts = _cpu_plan(q_ids, k_ids, v, valid, num_ids, causal)
+  q_valid = valid[:, :, None]
+  kernel = _uses_kernel(config, n, lsh.bucket_count(projections, config.family, n))
+  # Hash every table up front (the scan plan: one projection per input; XLA would re-transpose q and k for
+  # each table's small matmul), or by the CPU plan's kernel. The ids are int32 (batch, n, heads, tables).
+  q_ids, k_ids, num_ids = lsh.bucket_ids(q, k, projections, config.family, cpu=kernel)
+  if kernel:  # zeros for padded queries and queries with no collision, counts 0 for padded queries
+    out, counts = _kernel_attend(v, q_ids, k_ids, valid, num_ids, causal, v.dtype)
   else:
     sums, counts = _scan_plan(q_ids, k_ids, v, valid, num_ids, causal)
-  q_valid = valid[:, :, None]
-  out = jnp.where(q_valid[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)  # no collision: zeros
+    out = jnp.where(q_valid[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)  # no collision: zeros
+    counts = jnp.where(q_valid, counts, 0)
   real = jnp.maximum(jnp.sum(q_valid) * heads, 1)
-  counts = jnp.where(q_valid, counts, 0)
   stats = ANNAStats(
       no_collision_fraction=jnp.sum((counts == 0) & q_valid) / real,
       mean_collisions=jnp.sum(counts, dtype=jnp.float32) / real)

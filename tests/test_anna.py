@@ -1,14 +1,17 @@
 """The paper's ANNA (Algorithm 1) against its dense oracle, and the LSH families it hashes with."""
 
 import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anna_jax import anna as anna_module
-from anna_jax import lsh
+from anna_jax import cpu_kernel, lsh
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.oracle import anna_dense_reference
 
@@ -58,38 +61,94 @@ def test_equals_dense_oracle_outputs_and_v_gradients(family, tables, hashes, cp_
   np.testing.assert_allclose(grad, jax.grad(lambda v: jnp.sum(oracle(v) * probe))(v), atol=2e-5)
 
 
-@pytest.mark.parametrize('tables, hashes', [(40, 2), (96, 6), (8, 3)])  # 5 groups of 8, 96 of 1, one group
+@pytest.mark.parametrize('group_bytes', [2**28, 3 * 65 * 4 * 8])  # every table in one pass; 3 tables per pass
 @pytest.mark.parametrize('causal', [False, True])
-def test_cpu_plan_blocks_and_table_groups_equal_the_oracle(monkeypatch, tables, hashes, causal):
-  # Blocks far smaller than n = 100, none dividing it: the CPU plan's loops over hash blocks, key blocks and
-  # causal blocks all run several steps and end on a partial block.
-  monkeypatch.setattr(anna_module, '_HASH_BLOCK', 32)
-  monkeypatch.setattr(anna_module, '_KEY_BLOCK', 24)
-  monkeypatch.setattr(anna_module, '_CAUSAL_BLOCK', 12)
+def test_cpu_kernel_table_groups_and_head_chunks_equal_the_oracle(monkeypatch, group_bytes, causal):
+  # 8 tables of 2**6 buckets, 4 heads, batch 3: with the small budget one head per task and 3 passes of 3, 3
+  # and 2 tables, partial sums carried in the output between passes; with the large one 2 heads per task.
+  monkeypatch.setattr(cpu_kernel, 'GROUP_BYTES', group_bytes)
   n = 100
-  config = ANNAConfig(num_tables=tables, num_hashes=hashes, loop_plan='cpu')
-  assert anna_module._group_size(tables, n, 2**hashes, 2 * 2 * 8) == {40: 8, 96: 1, 8: 8}[tables]
-  q, k, v = qkv(n, seed=5)
-  proj = draw_projections(jax.random.key(5), 2, 8, config)
-  mask = padding_mask(n, [n, 61])
-  out, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
-  expected = anna_dense_reference(q, k, v, proj, family='hyperplane', mask=mask, causal=causal)
-  np.testing.assert_allclose(out, expected, atol=2e-5)
+  config = ANNAConfig(num_tables=8, num_hashes=6, loop_plan='cpu')
+  q, k, v = qkv(n, batch=3, heads=4, seed=5)
+  proj = draw_projections(jax.random.key(5), 4, 8, config)
+  mask = padding_mask(n, [n, 61, 1])
+
+  def anna(v):
+    return anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+
+  def oracle(v):
+    return anna_dense_reference(q, k, v, proj, family='hyperplane', mask=mask, causal=causal)
+
+  out, stats = anna(v)
+  np.testing.assert_allclose(out, oracle(v), atol=2e-5)
+  probe = jax.random.normal(jax.random.key(8), out.shape)
+  grad = jax.grad(lambda v: jnp.sum(anna(v)[0] * probe))(v)
+  np.testing.assert_allclose(grad, jax.grad(lambda v: jnp.sum(oracle(v) * probe))(v), atol=2e-5)
   accelerator = dataclasses.replace(config, loop_plan='accelerator')
   _, stats_too = anna_attention(q, k, v, proj, accelerator, mask=mask, causal=causal)
   assert float(stats.mean_collisions) == float(stats_too.mean_collisions)
   assert float(stats.no_collision_fraction) == float(stats_too.no_collision_fraction)
 
 
+def test_cpu_kernel_hyperplane_codes_equal_xla_codes():
+  config = ANNAConfig(num_tables=5, num_hashes=7)
+  x = qkv(203, batch=2, heads=3, dim=8, seed=4)[0]  # 203 tokens: partial blocks and register tiles
+  proj = draw_projections(jax.random.key(4), 3, 8, config)
+  kernel = cpu_kernel.hyperplane_codes(x, proj)
+  np.testing.assert_array_equal(kernel, jnp.transpose(lsh.hash_codes(x, proj, 'hyperplane'), (0, 3, 1, 2)))
+  np.testing.assert_array_equal(jax.jit(cpu_kernel.hyperplane_codes)(x, proj), kernel)  # inside jit too
+
+
 def test_blocked_hashing_equals_hashing_at_once():
-  config = ANNAConfig(num_tables=3, num_hashes=4)
+  config = ANNAConfig(num_tables=3, num_hashes=2, family='crosspolytope')  # the CPU plan's XLA hashing
   q, k, _ = qkv(100, seed=2)
   proj = draw_projections(jax.random.key(2), 2, 8, config)
-  whole = lsh.bucket_ids(q, k, proj, 'hyperplane')
-  blocked = lsh.bucket_ids(q, k, proj, 'hyperplane', block_size=32)  # 4 blocks, the last overlapping
+  whole = lsh.bucket_ids(q, k, proj, 'crosspolytope')
+  blocked = lsh.bucket_ids(q, k, proj, 'crosspolytope', cpu=True, block_size=32)  # 4 blocks, the last overlapping
   for a, b in zip(whole[:2], blocked[:2]):
     np.testing.assert_array_equal(a, b)
-  assert whole[2] == blocked[2] == 16
+  assert whole[2] == blocked[2] == 16**2
+
+
+def test_cpu_kernel_refuses_bucket_ids_out_of_range():
+  ids = jnp.zeros((1, 4, 1, 2), jnp.int32).at[0, 2, 0, 1].set(16)
+  v, valid = jnp.ones((1, 4, 1, 8)), jnp.ones((1, 4), bool)
+  with pytest.raises(Exception, match='outside'):
+    jax.block_until_ready(cpu_kernel.bucket_attend(ids, ids, v, valid, valid, num_ids=16, direction=0,
+                                                   normalize=True))
+
+
+def test_cpu_plan_without_a_compiler_falls_back_to_the_scan_plan(tmp_path):
+  # A fresh process whose compiler does not exist: one warning, then the same outputs as the oracle.
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp, numpy as np
+      from anna_jax import cpu_kernel
+      from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
+      from anna_jax.oracle import anna_dense_reference
+      config = ANNAConfig(num_tables=4, num_hashes=3, loop_plan='cpu')
+      q, k, v = (jax.random.normal(key, (1, 50, 2, 8)) for key in jax.random.split(jax.random.key(0), 3))
+      proj = draw_projections(jax.random.key(1), 2, 8, config)
+      out, _ = anna_attention(q, k, v, proj, config, causal=True)
+      np.testing.assert_allclose(out, anna_dense_reference(q, k, v, proj, family='hyperplane', causal=True),
+                                 atol=2e-5)
+      assert not cpu_kernel.available()
+      print('fallback ok')
+  """)
+  env = dict(os.environ, CXX=str(tmp_path / 'no-such-compiler'), ANNA_JAX_CACHE=str(tmp_path / 'cache'))
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert 'fallback ok' in result.stdout
+  assert result.stderr.count('no CPU kernel') == 1
+
+
+def test_cpu_kernel_is_built_once_per_machine(tmp_path):
+  # A second process finds the library the first one built (same source, flags, compiler, jaxlib and CPU).
+  env = dict(os.environ, ANNA_JAX_CACHE=str(tmp_path))
+  script = 'from anna_jax import cpu_kernel; assert cpu_kernel.available()'
+  for _ in range(2):
+    subprocess.run([sys.executable, '-c', script], check=True, env=env, timeout=300)
+  assert len([f for f in os.listdir(tmp_path) if f.endswith('.so')]) == 1
+  assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
 def test_stats_count_collisions_and_lonely_queries():
@@ -146,17 +205,19 @@ def test_q_and_k_get_no_gradient():
     np.testing.assert_array_equal(g, 0.0)
 
 
-def test_causal_has_no_leakage():
+@pytest.mark.parametrize('plan, tolerance', [('cpu', 0.0), ('accelerator', 1e-5)])
+def test_causal_has_no_leakage(plan, tolerance):
   n, cut = 48, 20
-  config = ANNAConfig(num_tables=4, num_hashes=2)
+  config = ANNAConfig(num_tables=4, num_hashes=2, loop_plan=plan)
   q, k, v = qkv(n)
   proj = draw_projections(jax.random.key(0), 2, 8, config)
   future = qkv(n, seed=11)
   changed = [jnp.where(jnp.arange(n)[None, :, None, None] > cut, f, x) for x, f in zip((q, k, v), future)]
   before = anna_attention(q, k, v, proj, config, causal=True)[0]
   after = anna_attention(*changed, proj, config, causal=True)[0]
-  # Equal up to float rounding: the prefix sums over sorted keys run through every bucket.
-  np.testing.assert_allclose(after[:, : cut + 1], before[:, : cut + 1], atol=1e-5)
+  # CPU: exactly equal (only keys j <= i are ever added). Accelerator: up to float rounding, as the prefix sums
+  # over sorted keys run through every bucket.
+  np.testing.assert_allclose(after[:, : cut + 1], before[:, : cut + 1], rtol=0, atol=tolerance)
   assert float(jnp.max(jnp.abs(after[:, cut + 1:] - before[:, cut + 1:]))) > 1e-3
 
 
@@ -198,12 +259,43 @@ def test_wide_code_space_is_grouped_exactly_never_by_modulo():
   np.testing.assert_array_equal(q_again[:, :, None, :, 0] == q_again[:, None, :, :, 0], same_q)
 
 
-def test_million_tokens_compile_linear_memory():
+@pytest.mark.parametrize('plan', ['cpu', 'accelerator'])
+def test_million_tokens_compile_linear_memory(plan):
   n = 2**20  # a dense n x n float32 matrix would take 4 TiB
-  config = ANNAConfig(num_tables=2, num_hashes=10)
+  config = ANNAConfig(num_tables=2, num_hashes=10, loop_plan=plan)
   proj = draw_projections(jax.random.key(0), 1, 8, config)
   x = jax.ShapeDtypeStruct((1, n, 1, 8), jnp.float32)
   for causal in (False, True):
     memory = jax.jit(lambda q, k, v: anna_attention(q, k, v, proj, config, causal=causal)).lower(
         x, x, x).compile().memory_analysis()
     assert memory.temp_size_in_bytes < 40 * n * 8 * 4  # a few copies of one (n, d) array, not n x n
+
+
+def test_cpu_kernel_reads_bfloat16_and_returns_bfloat16_gradients():
+  config = ANNAConfig(num_tables=6, num_hashes=3, loop_plan='cpu')
+  q, k, v = (x.astype(jnp.bfloat16) for x in qkv(64, seed=6))
+  proj = draw_projections(jax.random.key(6), 2, 8, config)
+  for causal in (False, True):
+    def loss(v):
+      return jnp.sum(anna_attention(q, k, v, proj, config, causal=causal)[0].astype(jnp.float32) ** 2)
+
+    out = anna_attention(q, k, v, proj, config, causal=causal)[0]
+    # The same bf16-rounded numbers in float32 hash alike (hashing is float32 either way).
+    exact = anna_dense_reference(*(x.astype(jnp.float32) for x in (q, k, v)), proj, family='hyperplane',
+                                 causal=causal)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), exact, atol=2e-2)
+    grad = jax.grad(loss)(v)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(jnp.float32), jax.grad(loss)(v.astype(jnp.float32)), atol=5e-2)
+
+
+def test_cpu_kernels_under_vmap_equal_one_call_per_element():
+  # The kernels declare a heads-before-tokens layout for the ids; vmap adds an axis in front of it.
+  config = ANNAConfig(num_tables=3, num_hashes=3, loop_plan='cpu')
+  q, k, v = (x.reshape(2, 1, 40, 2, 8) for x in qkv(40))  # a leading axis of 2 over batches of 1
+  proj = draw_projections(jax.random.key(9), 2, 8, config)
+  attend = lambda q, k, v: anna_attention(q, k, v, proj, config, causal=True)[0]
+  mapped = jax.vmap(attend)(q, k, v)
+  for i in range(2):
+    np.testing.assert_allclose(mapped[i], attend(q[i], k[i], v[i]), atol=1e-6)

@@ -1,0 +1,163 @@
+"""The C++ kernels of `anna`'s CPU loop plan (kernels/anna_cpu.cc): built on first use, registered with XLA.
+
+Algorithm 1 is hashing, then scatter-adds and gathers of value rows. XLA's CPU scatter and gather cost tens of
+nanoseconds per row, several times the memory they touch, and its hashing makes several passes over the
+(n, heads, tables * hashes) projections; two plain loops do better (n = 16K, H = 8, l = 8, z = 9 on this
+project's 2-core VM: the whole forward 110-140 ms with XLA's loops, about 30-50 ms with these):
+- `hyperplane_codes`: lsh's hyperplane codes, a register-tiled product with the bits packed on the spot;
+- `bucket_attend`: per (batch row, head), the bucket tables of all l hash tables built in one walk over the
+  keys and read in one walk over the queries (causal: one walk, each key added before its query reads).
+Both are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool.
+
+Built once per machine with the system C++ compiler ($CXX, default c++) against jaxlib's bundled XLA FFI
+headers, into $ANNA_JAX_CACHE (default ~/.cache/anna_jax), keyed by the source, the flags, the compiler, jaxlib
+and the CPU, so a cluster's nodes sharing a home directory never load each other's -march=native builds. Without
+a working compiler `available()` is False (and says why once): `anna` then runs its accelerator plan, which is
+pure XLA and gives the same outputs, only slower on CPU.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+from absl import logging
+
+TARGETS = {'anna_bucket_attend': 'AnnaBucketAttend', 'anna_hyperplane_codes': 'AnnaHyperplaneCodes'}
+SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'anna_cpu.cc')
+# Bucket tables one (batch row, head) task builds together: at most this many bytes of sums and counts per
+# thread. At n = 1M (z = 15: 8.5 MB per table) all 8 tables fit: one pass over v and out. Fewer tables per
+# pass, each small enough for the caches, measured slower there (the kernel alone: 9.9 s with 1 table per pass
+# against 5.7 s with all 8).
+GROUP_BYTES = 2**28
+_FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC')
+_NATIVE = ('-march=native',)
+
+
+def _cpu_signature():
+  """What the compiled code may depend on: the CPU model and its flags (Linux), else the machine type."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = [line for line in f if line.startswith(('model name', 'flags', 'Features'))]
+    return ''.join(sorted(set(lines)))
+  except OSError:
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir():
+  path = os.environ.get('ANNA_JAX_CACHE') or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'anna_jax')
+  try:
+    os.makedirs(path, exist_ok=True)
+    if os.access(path, os.W_OK):
+      return path
+  except OSError:
+    pass
+  return tempfile.mkdtemp(prefix='anna_jax_')
+
+
+def _compile(compiler, flags, output):
+  """Compiles SOURCE to `output` (atomically: a half-written library is never loaded); the error, or None."""
+  partial = f'{output}.{os.getpid()}.tmp'
+  command = [compiler, *flags, f'-I{jax.ffi.include_dir()}', SOURCE, '-o', partial]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  except (OSError, subprocess.SubprocessError) as e:
+    return f'{compiler}: {e}'
+  if result.returncode != 0:
+    errors = [line for line in result.stderr.splitlines() if 'error' in line] or [f'{compiler} failed']
+    return errors[0].strip()
+  os.replace(partial, output)
+  return None
+
+
+def _build():
+  """Path of the built library (compiling it if this machine has none yet); raises RuntimeError if it cannot."""
+  with open(SOURCE, 'rb') as f:
+    source = f.read()
+  compiler = os.environ.get('CXX', 'c++')
+  try:
+    version = subprocess.run([compiler, '--version'], capture_output=True, text=True, timeout=60).stdout
+  except (OSError, subprocess.SubprocessError) as e:
+    raise RuntimeError(f'no C++ compiler ({compiler}: {e})') from None
+  errors = []
+  for flags in (_FLAGS + _NATIVE, _FLAGS):  # -march=native where the compiler knows it
+    key = hashlib.sha256(repr((source, flags, version, jaxlib.__version__, _cpu_signature())).encode())
+    output = os.path.join(_cache_dir(), f'anna_cpu_{key.hexdigest()[:16]}.so')
+    if os.path.exists(output):
+      return output
+    error = _compile(compiler, flags, output)
+    if error is None:
+      return output
+    errors.append(error)
+  raise RuntimeError(f'could not compile {SOURCE}: {errors[-1]}')
+
+
+@functools.cache
+def available():
+  """Builds and registers the kernel once per process; False (logged once) where that is impossible."""
+  try:
+    library = ctypes.cdll.LoadLibrary(_build())
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
+  except (RuntimeError, OSError) as e:
+    logging.warning('anna: no CPU kernel (%s); using the accelerator loop plan, slower on CPU', e)
+    return False
+  return True
+
+
+def _require():
+  if not available():
+    raise RuntimeError('the anna CPU kernel could not be built (see the warning above)')
+
+
+def _float32_or_bfloat16(x):
+  """The kernels read both (summing in float32): bfloat16 inputs need no float32 copy."""
+  return x if x.dtype in (jnp.float32, jnp.bfloat16) else x.astype(jnp.float32)
+
+
+def _ids_layout(rank):
+  """Bucket ids (..., n, heads, tables) are stored heads before tokens (major to minor: ..., heads, n, tables):
+  one head's ids lie together, as the tables kernel reads them."""
+  return (*range(rank - 3), rank - 2, rank - 3, rank - 1)
+
+
+def hyperplane_codes(x, projections):
+  """`lsh`'s hyperplane codes of x (..., n, heads, dim): (..., n, heads, tables) int32 (bit z = hash z).
+
+  projections: (heads, tables, dim, hashes), hashes <= 31. Sums in another order than XLA's matmul, so a vector
+  within float rounding of a hyperplane may fall on its other side (measured: 1 code in 10**6 differs).
+  """
+  _require()
+  shape = jax.ShapeDtypeStruct((*x.shape[:-1], projections.shape[1]), jnp.int32)
+  # Under vmap one call per element: the projections may not gain x's leading axes.
+  call = jax.ffi.ffi_call('anna_hyperplane_codes', shape, vmap_method='sequential',
+                          output_layouts=_ids_layout(x.ndim))
+  # Integer codes: no gradient, and none asked of the FFI call.
+  x, projections = _float32_or_bfloat16(x), projections.astype(jnp.float32)
+  return call(jax.lax.stop_gradient(x), jax.lax.stop_gradient(projections))
+
+
+def bucket_attend(read_ids, write_ids, values, read_valid, write_valid, *, num_ids, direction, normalize):
+  """One call of the kernel (see kernels/anna_cpu.cc): (out at the readers float32, counts int32).
+
+  read_ids, write_ids: (..., n, heads, tables) int32 in [0, num_ids); values: (..., n, heads, dim) at the
+  writers (float32 or bfloat16; other dtypes are cast to float32); read_valid, write_valid: (..., n) bool.
+  direction 0: every writer counts for every reader; 1: writer j for reader i iff j <= i; 2: iff j >= i.
+  normalize: out = sums / counts (0 where none), else raw sums.
+  """
+  _require()
+  ids_layout = _ids_layout(read_ids.ndim)
+  call = jax.ffi.ffi_call(
+      'anna_bucket_attend',
+      (jax.ShapeDtypeStruct(values.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape[:-1], jnp.int32)),
+      vmap_method='broadcast_all', input_layouts=(ids_layout, ids_layout, None, None, None))
+  return call(read_ids.astype(jnp.int32), write_ids.astype(jnp.int32), _float32_or_bfloat16(values),
+              read_valid.astype(bool), write_valid.astype(bool), num_ids=int(num_ids), direction=int(direction),
+              normalize=bool(normalize), group_bytes=int(GROUP_BYTES))
