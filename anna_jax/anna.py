@@ -16,8 +16,8 @@ dropped pair in either:
   each query its bucket's sum up to its position. The sorted path also serves buckets outnumbering keys.
 - 'cpu': two C++ kernels (`anna_jax.cpu_kernel`, built on first use; XLA FFI custom calls on XLA's CPU thread
   pool), because XLA's CPU scatter and gather cost several times the memory they touch. Hyperplane codes
-  by a register-tiled product (cross-polytope codes by XLA, 2048 tokens at a time); then per (batch row,
-  2 heads) task, the bucket tables of all l tables are built in one walk over the keys and read in one walk
+  by a register-tiled product (cross-polytope codes by XLA, 2048 tokens at a time); then per (batch row, head)
+  the bucket tables of all l tables are built in one walk over the keys and read in one walk
   over the queries. Causal walks the tokens in order, key i added before query i reads: exact, no sort, no
   prefix sums. The VJP in v is the same kernel with keys and queries swapped (causal: walked backwards).
   Without a C++ compiler, or for code spaces far larger than n, the 'cpu' plan runs the scan plan instead.
