@@ -3,7 +3,7 @@
 Algorithm 1 is hashing, then scatter-adds and gathers of value rows. XLA's CPU scatter and gather cost tens of
 nanoseconds per row, several times the memory they touch, and its hashing makes several passes over the
 (n, heads, tables * hashes) projections; two plain loops do better (n = 16K, H = 8, l = 8, z = 9 on this
-project's 2-core VM: the whole forward 110-140 ms with XLA's loops, about 30-50 ms with these):
+project's 2-core VM: the whole forward 118-139 ms with XLA's loops, 28-57 ms with these, across runs):
 - `hyperplane_codes`: lsh's hyperplane codes, a register-tiled product with the bits packed on the spot;
 - `bucket_attend`: per (batch row, head), the bucket tables of all l hash tables built in one walk over the
   keys and read in one walk over the queries (causal: one walk, each key added before its query reads).
@@ -33,8 +33,8 @@ TARGETS = {'anna_bucket_attend': 'AnnaBucketAttend', 'anna_hyperplane_codes': 'A
 SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'anna_cpu.cc')
 # Bucket tables one (batch row, head) task builds together: at most this many bytes of sums and counts per
 # thread. At n = 1M (z = 15: 8.5 MB per table) all 8 tables fit: one pass over v and out. Fewer tables per
-# pass, each small enough for the caches, measured slower there (the kernel alone: 9.9 s with 1 table per pass
-# against 5.7 s with all 8).
+# pass, each small enough for the caches, measured slower there (the kernel alone, one run each: 9.9 s with 1
+# table per pass, 5.7 s with 7 + 1, 4.7 s with all 8).
 GROUP_BYTES = 2**28
 _FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC')
 _NATIVE = ('-march=native',)
@@ -86,10 +86,10 @@ def _build():
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True, timeout=60).stdout
   except (OSError, subprocess.SubprocessError) as e:
     raise RuntimeError(f'no C++ compiler ({compiler}: {e})') from None
-  errors = []
+  errors, cache = [], _cache_dir()
   for flags in (_FLAGS + _NATIVE, _FLAGS):  # -march=native where the compiler knows it
     key = hashlib.sha256(repr((source, flags, version, jaxlib.__version__, _cpu_signature())).encode())
-    output = os.path.join(_cache_dir(), f'anna_cpu_{key.hexdigest()[:16]}.so')
+    output = os.path.join(cache, f'anna_cpu_{key.hexdigest()[:16]}.so')
     if os.path.exists(output):
       return output
     error = _compile(compiler, flags, output)

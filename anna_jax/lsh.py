@@ -144,12 +144,12 @@ def bucket_ids(q, k, projections, family, cpu=False, block_size=2048):
   the full codes are. num_ids (a Python int) is the code space when it fits int32; otherwise the distinct codes
   are numbered by a lexicographic sort of the digit tuples of queries and keys together (num_ids = n_q + n_k).
   cpu: the CPU loop plan (int32 path only): hyperplanes by the C++ kernel (`anna_jax.cpu_kernel`; equal codes
-  up to float rounding at a hyperplane), cross-polytope block_size tokens at a time in a loop, so the
-  (n, heads, tables * hashes) float32 projections never exist whole.
+  up to float rounding at a hyperplane), else (cross-polytope, or no kernel) block_size tokens at a time in a
+  loop, so the (n, heads, tables * hashes) float32 projections never exist whole.
   """
   space = code_space(projections, family)
   if space <= _INT32_CODES:
-    if cpu and family == 'hyperplane':
+    if cpu and family == 'hyperplane' and cpu_kernel.available():
       return cpu_kernel.hyperplane_codes(q, projections), cpu_kernel.hyperplane_codes(k, projections), space
     if cpu:
       return (_blocked_codes(q, projections, family, block_size),

@@ -274,9 +274,9 @@ def keep_freed_memory():
 
   XLA's CPU client allocates every output and temporary buffer with malloc, and glibc serves each one over 32 MiB
   by a fresh mmap: every 4 KiB page then faults on first touch. On this project's VM a fault costs about 3 us
-  (a 32 MiB output: 8,192 faults, about 25 ms), more than the memory-bound kinds' own work at n = 16K, while on
-  bare metal it is about a tenth of that. Reusing freed memory charges the kinds for their work, not for the
-  OS. Every kind runs under the same setting; the report records it.
+  (a 32 MiB output: 8,192 faults, about 25 ms), as much as anna's own work at n = 16K. Reusing freed memory
+  charges the kinds for their work, not for this VM's page faults. Every kind runs under the same setting; the
+  report records it.
   """
   try:
     libc = ctypes.CDLL(None)

@@ -208,8 +208,8 @@ ffi::Error BucketAttendTyped(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& read_
   const auto ids_dims = read_ids.dimensions();
   const auto value_dims = values.dimensions();
   const size_t rank = ids_dims.size();
-  if (rank < 3 || value_dims.size() != rank || write_ids.dimensions().size() != rank)
-    return ffi::Error::InvalidArgument("anna_bucket_attend: ids and values need equal rank >= 3");
+  if (rank < 3 || value_dims.size() != rank || write_ids.dimensions().size() != rank || ids_dims[rank - 1] < 1)
+    return ffi::Error::InvalidArgument("anna_bucket_attend: ids and values need equal rank >= 3, tables >= 1");
   for (size_t a = 0; a + 1 < rank; ++a)
     if (ids_dims[a] != value_dims[a] || write_ids.dimensions()[a] != ids_dims[a])
       return ffi::Error::InvalidArgument("anna_bucket_attend: ids and values disagree in shape");
