@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from anna_jax.anna import anna_attention, draw_projections
+from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
-from anna_jax.baselines import (draw_random_features, full_attention, full_blockwise_attention, lowrank_attention,
-                                unit_norm, unit_softmax_attention)
+from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig, draw_random_features,
+                                full_attention, full_blockwise_attention, lowrank_attention, unit_norm,
+                                unit_softmax_attention)
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 
 KINDS = ('full', 'full_blockwise', 'unit_softmax', 'anna', 'anna_softmax', 'lowrank', 'reformer')
@@ -32,24 +33,24 @@ HASHING_KINDS = ('anna', 'anna_softmax')
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
+  """The kind, and one section of settings per kind, named like the kind (only the chosen kind's is read)."""
   kind: str = 'full'  # one of KINDS
-  # Hashing of `anna` and `anna_softmax`; `anna` reads only the ANNAConfig fields (tables, hashes, family).
-  anna: ANNASoftmaxConfig = ANNASoftmaxConfig()
+  full: FullConfig = FullConfig()
+  full_blockwise: BlockwiseConfig = BlockwiseConfig()
+  unit_softmax: UnitSoftmaxConfig = UnitSoftmaxConfig()
+  anna: ANNAConfig = ANNAConfig()
+  anna_softmax: ANNASoftmaxConfig = ANNASoftmaxConfig()
+  lowrank: LowRankConfig = LowRankConfig()
   reformer: ReformerConfig = ReformerConfig()
-  beta: float = 1.0  # unit_softmax temperature
-  lowrank_features: int = 64  # random features of the low-rank (Performer) baseline
 
-  def validate(self):
+  def __post_init__(self):  # each section validated itself when it was made
     if self.kind not in KINDS:
       raise ValueError(f'attention kind must be one of {KINDS}, got {self.kind!r}')
-    if self.kind in HASHING_KINDS:
-      self.anna.validate()
-    if self.kind == 'reformer':
-      self.reformer.validate()
-    if not self.beta > 0:
-      raise ValueError(f'beta must be > 0, got {self.beta}')
-    if self.lowrank_features < 1:
-      raise ValueError(f'lowrank_features must be >= 1, got {self.lowrank_features}')
+
+  @property
+  def settings(self):
+    """The chosen kind's section."""
+    return getattr(self, self.kind)
 
 
 class HashProjections(nnx.Variable):
@@ -65,20 +66,27 @@ class RandomFeatures(nnx.Variable):
 
 
 class FullAttention(nnx.Module):
-  def __init__(self, blockwise=False):
-    self.blockwise = blockwise
+  def __init__(self, config: FullConfig):
+    self.config = config
 
   def __call__(self, q, k, v, mask=None, causal=False):
-    attend = full_blockwise_attention if self.blockwise else full_attention
-    return attend(q, k, v, mask=mask, causal=causal), {}
+    return full_attention(q, k, v, mask=mask, causal=causal, implementation=self.config.implementation), {}
+
+
+class BlockwiseAttention(nnx.Module):
+  def __init__(self, config: BlockwiseConfig):
+    self.config = config
+
+  def __call__(self, q, k, v, mask=None, causal=False):
+    return full_blockwise_attention(q, k, v, mask=mask, causal=causal, block=self.config.block), {}
 
 
 class UnitSoftmaxAttention(nnx.Module):
-  def __init__(self, beta):
-    self.beta = beta
+  def __init__(self, config: UnitSoftmaxConfig):
+    self.config = config
 
   def __call__(self, q, k, v, mask=None, causal=False):
-    return unit_softmax_attention(q, k, v, beta=self.beta, mask=mask, causal=causal), {}
+    return unit_softmax_attention(q, k, v, beta=self.config.beta, mask=mask, causal=causal), {}
 
 
 class HashFunctions(nnx.Module):
@@ -103,8 +111,7 @@ class HashFunctions(nnx.Module):
 class HashingAttention(nnx.Module):
   """`anna` (Algorithm 1) or `anna_softmax`."""
 
-  def __init__(self, kind, config: ANNASoftmaxConfig, num_heads, head_dim, *, rngs):
-    config.validate()
+  def __init__(self, kind, config: ANNAConfig, num_heads, head_dim, *, rngs):
     self.kind, self.config = kind, config
     draw = functools.partial(draw_projections, num_heads=num_heads, head_dim=head_dim, config=config)
     self.hashes = HashFunctions(draw, config.resample_hashes, rngs=rngs)
@@ -123,7 +130,6 @@ class HashingAttention(nnx.Module):
 
 class ReformerAttention(nnx.Module):
   def __init__(self, config: ReformerConfig, num_heads, head_dim, *, rngs):
-    config.validate()
     self.config = config
     draw = functools.partial(draw_rotations, num_heads=num_heads, head_dim=head_dim, config=config)
     self.hashes = HashFunctions(draw, config.resample_hashes, rngs=rngs)
@@ -134,21 +140,22 @@ class ReformerAttention(nnx.Module):
 
 
 class LowRankAttention(nnx.Module):
-  def __init__(self, num_features, num_heads, head_dim, *, rngs):
-    self.features = RandomFeatures(draw_random_features(rngs.params(), num_heads, head_dim, num_features))
+  def __init__(self, config: LowRankConfig, num_heads, head_dim, *, rngs):
+    self.config = config
+    self.features = RandomFeatures(draw_random_features(rngs.params(), num_heads, head_dim, config.num_features))
 
   def __call__(self, q, k, v, mask=None, causal=False):
     return lowrank_attention(q, k, v, self.features[...], mask=mask, causal=causal), {}
 
 
 def make_attention(config: AttentionConfig, num_heads, head_dim, *, rngs):
-  config.validate()
+  """The attention core of `config.kind`, built from that kind's section."""
+  settings = config.settings
   if config.kind in HASHING_KINDS:
-    return HashingAttention(config.kind, config.anna, num_heads, head_dim, rngs=rngs)
-  if config.kind == 'unit_softmax':
-    return UnitSoftmaxAttention(config.beta)
+    return HashingAttention(config.kind, settings, num_heads, head_dim, rngs=rngs)
   if config.kind == 'reformer':
-    return ReformerAttention(config.reformer, num_heads, head_dim, rngs=rngs)
+    return ReformerAttention(settings, num_heads, head_dim, rngs=rngs)
   if config.kind == 'lowrank':
-    return LowRankAttention(config.lowrank_features, num_heads, head_dim, rngs=rngs)
-  return FullAttention(blockwise=config.kind == 'full_blockwise')
+    return LowRankAttention(settings, num_heads, head_dim, rngs=rngs)
+  return {'full': FullAttention, 'full_blockwise': BlockwiseAttention, 'unit_softmax': UnitSoftmaxAttention}[
+      config.kind](settings)

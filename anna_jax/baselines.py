@@ -1,17 +1,55 @@
 """The attentions ANNA is measured against (quadratic softmax, Performer-style low rank) and the paper's
 training surrogate (softmax over unit-normalised queries and keys)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class FullConfig:
+  implementation: str = ''  # jax.nn.dot_product_attention's: '' (XLA's choice), 'xla' or 'cudnn' (GPU, bfloat16)
+
+  def __post_init__(self):
+    if self.implementation not in ('', 'xla', 'cudnn'):
+      raise ValueError(f"full attention implementation must be '', 'xla' or 'cudnn', got {self.implementation!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockwiseConfig:
+  block: int = 512  # query and key block of full_blockwise
+
+  def __post_init__(self):
+    if self.block < 1:
+      raise ValueError(f'full_blockwise block must be >= 1, got {self.block}')
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitSoftmaxConfig:
+  beta: float = 1.0  # softmax(beta * q.k) over unit-norm q, k
+
+  def __post_init__(self):
+    if not self.beta > 0:
+      raise ValueError(f'beta must be > 0, got {self.beta}')
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRankConfig:
+  num_features: int = 64  # random features of the Performer (FAVOR+) baseline
+
+  def __post_init__(self):
+    if self.num_features < 1:
+      raise ValueError(f'lowrank num_features must be >= 1, got {self.num_features}')
 
 
 def full_attention(q, k, v, *, mask=None, causal=False, implementation=None):
   """Quadratic softmax attention over (batch, n, heads, head_dim); padded queries output zeros.
 
-  `implementation` is passed to jax.nn.dot_product_attention: None (XLA), 'xla' or 'cudnn'.
+  `implementation` is passed to jax.nn.dot_product_attention: None or '' (XLA's choice), 'xla' or 'cudnn'.
   """
   key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-  out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation)
+  out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal, implementation=implementation or None)
   if mask is not None:
     out = out * mask[:, :, None, None].astype(out.dtype)
   return out

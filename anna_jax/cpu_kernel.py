@@ -7,7 +7,8 @@ project's 2-core VM: the whole forward 118-139 ms with XLA's loops, 28-57 ms wit
 - `hyperplane_codes`: lsh's hyperplane codes, a register-tiled product with the bits packed on the spot;
 - `bucket_attend`: per (batch row, head), the bucket tables of all l hash tables built in one walk over the
   keys and read in one walk over the queries (causal: one walk, each key added before its query reads).
-Both are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool.
+Both are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool. This module is
+the one place that decides whether they run (`serves`), and holds `attend`, the kernel under a custom VJP.
 
 Built once per machine with the system C++ compiler ($CXX, default c++) against jaxlib's bundled XLA FFI
 headers, into $ANNA_JAX_CACHE (default ~/.cache/anna_jax), keyed by the source, the flags, the compiler, jaxlib
@@ -28,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 from absl import logging
+
+from anna_jax import lsh
 
 TARGETS = {'anna_bucket_attend': 'AnnaBucketAttend', 'anna_hyperplane_codes': 'AnnaHyperplaneCodes'}
 SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'anna_cpu.cc')
@@ -161,3 +164,47 @@ def bucket_attend(read_ids, write_ids, values, read_valid, write_valid, *, num_i
   return call(read_ids.astype(jnp.int32), write_ids.astype(jnp.int32), _float32_or_bfloat16(values),
               read_valid.astype(bool), write_valid.astype(bool), num_ids=int(num_ids), direction=int(direction),
               normalize=bool(normalize), group_bytes=int(GROUP_BYTES))
+
+
+# The tables kernel serves code spaces up to this many buckets, or up to n: its tables are zeroed per
+# (batch, head), which must not cost more than the keys it adds.
+KERNEL_MIN_IDS = 4096
+
+
+def serves(plan, n, num_ids):
+  """Whether `anna` runs these kernels: the 'cpu' plan (resolved), a code space they serve, a built library.
+  Otherwise `anna` runs its scan plan (pure XLA, same outputs)."""
+  return plan == 'cpu' and num_ids <= max(n, KERNEL_MIN_IDS) and available()
+
+
+def bucket_ids(q, k, projections, family, block_size=2048):
+  """`lsh.bucket_ids` for the CPU plan: hyperplane codes by the kernel, cross-polytope codes by XLA
+  block_size tokens at a time."""
+  if family == 'hyperplane' and available():  # `serves` has checked that the code space fits int32
+    return hyperplane_codes(q, projections), hyperplane_codes(k, projections), lsh.code_space(projections, family)
+  return lsh.bucket_ids(q, k, projections, family, block_size=block_size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def attend(v, q_ids, k_ids, valid, num_ids, causal, v_dtype):
+  """(float32 output, counts) of Algorithm 1 from bucket ids; zeros (count 0) for padded queries and queries
+  with no collision. Its VJP in v is the same kernel, keys and queries swapped: dv_j = sum_i c_ij g_i / C_i, a
+  key reading the buckets the queries wrote g_i / C_i into. v_dtype is v.dtype (the VJP returns it)."""
+  del v_dtype
+  return bucket_attend(q_ids, k_ids, v, valid, valid, num_ids=num_ids, direction=int(causal), normalize=True)
+
+
+def _attend_fwd(v, q_ids, k_ids, valid, num_ids, causal, v_dtype):
+  out, counts = attend(v, q_ids, k_ids, valid, num_ids, causal, v_dtype)
+  return (out, counts), (q_ids, k_ids, valid, counts)
+
+
+def _attend_bwd(num_ids, causal, v_dtype, residuals, cotangents):
+  q_ids, k_ids, valid, counts = residuals
+  per_query = cotangents[0] / jnp.maximum(counts, 1)[..., None]  # zero-count and padded queries output 0
+  dv, _ = bucket_attend(k_ids, q_ids, per_query, valid, valid, num_ids=num_ids, direction=2 if causal else 0,
+                        normalize=False)
+  return dv.astype(v_dtype), None, None, None
+
+
+attend.defvjp(_attend_fwd, _attend_bwd)

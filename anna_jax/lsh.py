@@ -16,14 +16,12 @@ The z per-hash codes of a table combine exactly, as mixed-radix digits, into one
 code space outgrows int32 (cross-polytope with many hashes), `bucket_ids` numbers the distinct codes that
 actually occur by a lexicographic sort of the digit tuples instead: still exact, never a modulo.
 
-`bucket_ids(..., cpu=True)` (anna's CPU plan) computes hyperplane codes with a C++ kernel
-(`anna_jax.cpu_kernel.hyperplane_codes`): the same hash functions, summed in another float order.
+This module is pure jax. `anna`'s CPU plan hashes hyperplanes with a C++ kernel instead
+(`anna_jax.cpu_kernel.bucket_ids`): the same hash functions, summed in another float order.
 """
 
 import jax
 import jax.numpy as jnp
-
-from anna_jax import cpu_kernel
 
 FAMILIES = ('hyperplane', 'crosspolytope')
 _INT32_CODES = 2**31  # codes 0 .. 2**31 - 1 fit a non-negative int32
@@ -137,21 +135,18 @@ def bucket_count(projections, family, n):
   return space if space <= _INT32_CODES else 2 * n
 
 
-def bucket_ids(q, k, projections, family, cpu=False, block_size=2048):
+def bucket_ids(q, k, projections, family, block_size=None):
   """Bucket ids of queries and keys: (q_ids, k_ids, num_ids).
 
   q_ids (batch, n_q, heads, tables) and k_ids (batch, n_k, heads, tables) are int32 in [0, num_ids), equal iff
   the full codes are. num_ids (a Python int) is the code space when it fits int32; otherwise the distinct codes
   are numbered by a lexicographic sort of the digit tuples of queries and keys together (num_ids = n_q + n_k).
-  cpu: the CPU loop plan (int32 path only): hyperplanes by the C++ kernel (`anna_jax.cpu_kernel`; equal codes
-  up to float rounding at a hyperplane), else (cross-polytope, or no kernel) block_size tokens at a time in a
-  loop, so the (n, heads, tables * hashes) float32 projections never exist whole.
+  block_size (int32 path only): hash that many tokens at a time in a loop, so the (n, heads, tables * hashes)
+  float32 projections never exist whole (the CPU plan); None hashes every token at once.
   """
   space = code_space(projections, family)
   if space <= _INT32_CODES:
-    if cpu and family == 'hyperplane' and cpu_kernel.available():
-      return cpu_kernel.hyperplane_codes(q, projections), cpu_kernel.hyperplane_codes(k, projections), space
-    if cpu:
+    if block_size:
       return (_blocked_codes(q, projections, family, block_size),
               _blocked_codes(k, projections, family, block_size), space)
     return _table_codes(q, projections, family), _table_codes(k, projections, family), space

@@ -29,7 +29,7 @@ class TransformerConfig:
   def attention_of(self, layer):
     return self.layer_attention[layer] if self.layer_attention else self.attention
 
-  def validate(self):
+  def __post_init__(self):  # a config that exists is valid (its attention sections validated themselves)
     if self.depth < 1 or self.width < 1 or self.num_heads < 1:
       raise ValueError(f'depth, width and num_heads must be >= 1, got {self.depth}, {self.width}, {self.num_heads}')
     if self.width % self.num_heads:
@@ -38,8 +38,6 @@ class TransformerConfig:
       raise ValueError(f"positional must be 'learned', 'sinusoidal' or 'none', got {self.positional!r}")
     if self.layer_attention and len(self.layer_attention) != self.depth:
       raise ValueError(f'layer_attention has {len(self.layer_attention)} entries for depth {self.depth}')
-    for layer in range(self.depth):
-      self.attention_of(layer).validate()
 
 
 def sinusoidal_encoding(max_len, width):
@@ -84,7 +82,6 @@ class Transformer(nnx.Module):
   """tokens (batch, n) int -> (logits (batch, n, num_classes), stats averaged over layers)."""
 
   def __init__(self, config: TransformerConfig, *, rngs):
-    config.validate()
     self.config = config
     self.embed = nnx.Embed(config.vocab_size, config.width, rngs=rngs)
     if config.positional == 'learned':

@@ -1,30 +1,63 @@
-"""Dense n x n oracles of the hashing attentions: the same hash codes, an explicit collision matrix. Tests only."""
+"""Dense oracles of the hashing attentions: the same hash codes, an explicit collision matrix (n x n, or sampled
+queries x n). For tests and for the benchmark's quality figures; never on a timed path."""
 
 import math
 
+import jax
 import jax.numpy as jnp
 
 from anna_jax import lsh
 
 
-def _collisions(q, k, projections, family, mask, causal):
-  """c_ij: tables in which q_i and k_j share a bucket, masked; shape (batch, heads, n, n), int32."""
+def collision_counts(q, k, projections, family, mask=None, causal=False, positions=None):
+  """c_ij: tables in which q_i and k_j share a bucket, masked; (batch, heads, queries, n) int32.
+
+  positions: the query positions to compare (sampled queries); None compares every query.
+  """
   batch, n = q.shape[:2]
+  positions = jnp.arange(n) if positions is None else positions
   # Compare the per-hash digit tuples directly, independently of how anna packs them into one id.
-  q_digits = jnp.moveaxis(lsh.hash_digits(q, projections, family), 1, 3)  # (batch, heads, tables, n, hashes)
+  q_digits = jnp.moveaxis(lsh.hash_digits(q[:, positions], projections, family), 1, 3)  # (b, h, tables, s, z)
   k_digits = jnp.moveaxis(lsh.hash_digits(k, projections, family), 1, 3)
-  same = jnp.all(q_digits[..., :, None, :] == k_digits[..., None, :, :], axis=-1)  # (batch, heads, tables, n, n)
+  same = jnp.all(q_digits[..., :, None, :] == k_digits[..., None, :, :], axis=-1)  # (batch, heads, tables, s, n)
   count = jnp.sum(same, axis=2, dtype=jnp.int32)
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
-  allowed = valid[:, None, :, None] & valid[:, None, None, :]
+  allowed = valid[:, None, positions, None] & valid[:, None, None, :]
   if causal:
-    allowed &= jnp.tril(jnp.ones((n, n), bool))
+    allowed &= jnp.arange(n)[None, :] <= positions[:, None]
   return jnp.where(allowed, count, 0)
+
+
+def softmax_over(q, k, v, allowed, positions, scale=None):
+  """Exact softmax(scale * q.k) attention of the sampled queries over the `allowed` keys, in float32.
+
+  allowed: (batch, heads, len(positions), n) bool; a query with nothing allowed outputs zeros.
+  Returns (batch, len(positions), heads, head_dim).
+  """
+  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  scores = jnp.einsum('bshd,bkhd->bhsk', q[:, positions], k, preferred_element_type=jnp.float32) * scale
+  weights = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+  weights = jnp.where(jnp.isnan(weights), 0.0, weights)
+  return jnp.einsum('bhsk,bkhd->bshd', weights, v.astype(jnp.float32))
+
+
+def reformer_allowed(q, rotations, positions, causal=False):
+  """Reformer's pairs for the sampled queries: same bucket in some round, never the query itself unless it has
+  nothing else (the shared-QK rule); (batch, heads, len(positions), n) bool."""
+  n = q.shape[1]
+  codes = lsh.hash_codes(q, rotations, 'crosspolytope')  # (batch, heads, rounds, n)
+  same = jnp.any(codes[..., positions][..., :, None] == codes[..., None, :], axis=2)
+  is_self = positions[:, None] == jnp.arange(n)[None, :]
+  if causal:
+    same &= jnp.arange(n)[None, :] <= positions[:, None]
+  same &= ~is_self
+  alone = ~jnp.any(same, axis=-1, keepdims=True)
+  return same | (alone & is_self)
 
 
 def anna_dense_reference(q, k, v, projections, *, family='hyperplane', mask=None, causal=False):
   """Algorithm 1 written densely: w_ij = c_ij / sum_j' c_ij'; a query with no collision outputs zeros."""
-  weights = _collisions(q, k, projections, family, mask, causal).astype(jnp.float32)
+  weights = collision_counts(q, k, projections, family, mask, causal).astype(jnp.float32)
   total = jnp.sum(weights, axis=-1, keepdims=True)
   return jnp.einsum('bhqk,bkhd->bqhd', weights / jnp.where(total > 0, total, 1.0), v)
 
@@ -32,7 +65,7 @@ def anna_dense_reference(q, k, v, projections, *, family='hyperplane', mask=None
 def anna_softmax_dense_reference(q, k, v, projections, *, family='hyperplane', mask=None, causal=False,
                                  weighting='softmax'):
   """What anna_softmax computes when no bucket overflows its window: attention over the union of collisions."""
-  allowed = _collisions(q, k, projections, family, mask, causal) > 0
+  allowed = collision_counts(q, k, projections, family, mask, causal) > 0
   if weighting == 'softmax':
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(q.shape[-1])
     scores = jnp.where(allowed, scores, -jnp.inf)

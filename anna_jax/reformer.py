@@ -26,14 +26,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from anna_jax import lsh
-from anna_jax.anna import check_loop_plan, resolve_loop_plan
-from anna_jax.anna_softmax import map_rows
+from anna_jax import lsh, plans
 from anna_jax.baselines import unit_norm
 
 _MASKED = -1e9  # causal / padding
 _SELF = -1e5  # a token's score with itself: used only when nothing else is allowed
-_TOKEN_BUDGET = 1 << 13  # tokens per step of the CPU row loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +41,14 @@ class ReformerConfig:
   loop_plan: str = 'auto'  # 'cpu', 'accelerator' or 'auto'
   resample_hashes: bool = False  # False: rotations fixed per layer; True: redrawn every call
 
+  def __post_init__(self):  # a config that exists is valid
+    self.validate()
+
   def validate(self):
     if self.num_rounds < 1 or self.chunk_size < 1 or self.num_buckets < 2 or self.num_buckets % 2:
       raise ValueError(f'reformer needs num_rounds >= 1, chunk_size >= 1 and an even num_buckets >= 2, got '
                        f'{self.num_rounds}, {self.chunk_size}, {self.num_buckets}')
-    check_loop_plan(self.loop_plan)
+    plans.check(self.loop_plan)
 
 
 class ReformerStats(NamedTuple):
@@ -109,7 +109,7 @@ def _round(q, keys, v, buckets, valid, *, num_buckets, chunk, causal, plan):
     same = same & (jnp.arange(2 * chunk) >= chunk)[None, None, :]
   in_window = jnp.sum(same, dtype=jnp.float32)
   sorted_keys = buckets[order] * n + s_pos
-  search = functools.partial(jnp.searchsorted, method='sort' if plan == 'accelerator' else 'scan')
+  search = plans.searchsorted(plan)
   first = search(sorted_keys, buckets * n)
   last = search(sorted_keys, buckets * n + position, side='right') if causal else search(
       sorted_keys, (buckets + 1) * n)
@@ -144,7 +144,6 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
   Returns (output of v's shape and dtype, ReformerStats). Padded queries output zeros.
   """
   del k  # shared QK: the keys are the normalised queries
-  config.validate()
   batch, n, heads, dim = q.shape
   chunk = min(config.chunk_size, n)
   n_pad = -(-n // chunk) * chunk
@@ -155,7 +154,7 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
   q, keys, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, keys, v))
   buckets = jnp.pad(buckets, ((0, 0), (0, 0), (0, 0), (0, pad)))
   valid = jnp.pad(valid, ((0, 0), (0, pad)))
-  plan = resolve_loop_plan(config.loop_plan)
+  plan = plans.resolve(config.loop_plan)
   row = functools.partial(_row, num_buckets=config.num_buckets, chunk=chunk, causal=causal, plan=plan)
 
   def rows(x):
@@ -165,7 +164,7 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
     return row(*args)
 
   xs = (rows(q), rows(keys), rows(v), buckets.reshape(batch * heads, -1, n_pad), jnp.repeat(valid, heads, axis=0))
-  out, collisions, dropped = map_rows(one_row, xs, plan, batch_size=max(1, _TOKEN_BUDGET // n_pad))
+  out, collisions, dropped = plans.map_rows(one_row, xs, plan, batch_size=plans.rows_per_step(n_pad))
   out = out.reshape(batch, heads, n_pad, dim).transpose(0, 2, 1, 3)[:, :n]
   out = out * valid[:, :n, None, None]
   stats = ReformerStats(jax.lax.stop_gradient(jnp.sum(collisions)), jax.lax.stop_gradient(jnp.sum(dropped)))

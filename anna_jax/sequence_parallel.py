@@ -11,6 +11,9 @@ in `overflow_tokens`. A pair that collided in an earlier table is not counted ag
 when nothing overflows the output equals single-device anna_softmax and the dense oracle. "Collided" here means shared
 a bucket: when windows drop collisions, a pair dropped by an earlier table's window is skipped here, whereas
 single-device anna_softmax skips only pairs an earlier table actually attended, so the two can then differ.
+
+Loop plans as everywhere (`anna_jax.plans`): tables run in one `lax.scan` (both plans); the (batch, head) rows
+are one batched kernel on accelerators and a cache-sized loop on CPU, and so are the chunks inside a row.
 """
 
 import functools
@@ -20,12 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax import lsh
-from anna_jax.anna_softmax import (_NEG, _empty_merge_state, _merge, _normalise, _route, _table_attention,
-                                   check_sort_key)
+from anna_jax import lsh, plans
+from anna_jax.anna_softmax import NEG, check_sort_key, empty_merge_state, merge, normalise, route, table_attention
 
 
-def _pack(dest, num_devices, capacity, payloads):
+def _pack(dest, num_devices, capacity, payloads, plan):
   """Places tokens into (num_devices * capacity) send slots grouped by destination.
 
   dest: (n,) destination per token, num_devices for "send nowhere". Returns the packed payloads, a filled
@@ -35,7 +37,7 @@ def _pack(dest, num_devices, capacity, payloads):
   trash = num_devices * capacity
   order = jnp.argsort(dest, stable=True)
   sorted_dest = dest[order]
-  group_start = jnp.searchsorted(sorted_dest, jnp.arange(num_devices + 1))
+  group_start = plans.searchsorted(plan)(sorted_dest, jnp.arange(num_devices + 1))
   rank = jnp.arange(n) - group_start[jnp.minimum(sorted_dest, num_devices)]
   sent = (sorted_dest < num_devices) & (rank < capacity)
   slot = jnp.zeros(n, jnp.int32).at[order].set(jnp.where(sent, sorted_dest * capacity + rank, trash))
@@ -52,7 +54,6 @@ def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis='
   capacity: tokens per (source, destination) buffer; default 2 * n_local / P (twice the balanced share),
   at most n_local (which can never overflow). Returns (output, {'dropped_fraction', 'overflow_tokens'}).
   """
-  config.validate()
   num_devices = mesh.shape[axis]
   batch, n, heads, dim = q.shape
   if n % num_devices:
@@ -67,30 +68,28 @@ def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis='
   q, k, v, valid = (jax.device_put(x, NamedSharding(mesh, seq)) for x in (q, k, v, valid))
   projections = jax.device_put(projections, NamedSharding(mesh, P()))
   local = functools.partial(_local, num_devices=num_devices, capacity=capacity, num_buckets=num_buckets,
-                            span=n, config=config, causal=causal, axis=axis)
+                            span=n, config=config, causal=causal, axis=axis, plan=plans.resolve(config.loop_plan))
   out, dropped, collisions, overflow = jax.shard_map(
       local, mesh=mesh, in_specs=(seq, seq, seq, P(), seq), out_specs=(seq, P(), P(), P()))(
           q, k, v, projections, valid)
   return out, {'dropped_fraction': dropped / jnp.maximum(collisions, 1.0), 'overflow_tokens': overflow}
 
 
-def _local(q, k, v, projections, valid, *, num_devices, capacity, num_buckets, span, config, causal, axis):
+def _local(q, k, v, projections, valid, *, num_devices, capacity, num_buckets, span, config, causal, axis, plan):
   batch, n_local, heads, dim = q.shape
-  num_tables = projections.shape[1]
+  rows = batch * heads
   me = jax.lax.axis_index(axis)
   position = me * n_local + jnp.arange(n_local, dtype=jnp.int32)
 
   def per_head(x):  # (batch, n_local, heads, ...) -> (batch * heads, n_local, ...)
-    return jnp.swapaxes(x, 1, 2).reshape((batch * heads, n_local) + x.shape[3:])
+    return jnp.swapaxes(x, 1, 2).reshape((rows, n_local) + x.shape[3:])
 
   q_h, k_h, v_h = per_head(q), per_head(k), per_head(v)
   # Bucket ids in every table, token-major: (batch * heads, n_local, tables).
-  q_buckets = jnp.moveaxis(lsh.hash_codes(q, projections, config.family), 2, 3).reshape(batch * heads, n_local,
-                                                                                         num_tables)
-  k_buckets = jnp.moveaxis(lsh.hash_codes(k, projections, config.family), 2, 3).reshape(batch * heads, n_local,
-                                                                                         num_tables)
+  q_buckets, k_buckets = (jnp.moveaxis(lsh.hash_codes(x, projections, config.family), 2, 3).reshape(rows, n_local, -1)
+                          for x in (q, k))
   valid_h = jnp.repeat(valid, heads, axis=0)
-  positions = jnp.broadcast_to(position, (batch * heads, n_local))
+  positions = jnp.broadcast_to(position, (rows, n_local))
 
   def exchange(x):  # slot block j goes to device j; block j received came from device j
     return jax.lax.all_to_all(x, axis, 1, 1, tiled=True)
@@ -98,31 +97,33 @@ def _local(q, k, v, projections, valid, *, num_devices, capacity, num_buckets, s
   received = num_devices * capacity
   padded = -(-received // config.chunk_size) * config.chunk_size
   window = min(config.window, padded)
-  attend = jax.vmap(functools.partial(_attend_received, num_buckets=num_buckets, span=span, chunk=config.chunk_size,
-                                      window=window, causal=causal, weighting=config.weighting,
-                                      scale=1.0 / math.sqrt(dim), pad=padded - received),
-                    in_axes=(0,) * 9 + (None,))
-  state = jax.vmap(lambda _: _empty_merge_state(n_local, dim, q.dtype))(jnp.arange(batch * heads))
-  dropped = collisions = overflow = 0.0
-  for t in range(num_tables):
+  attend_row = functools.partial(_attend_received, num_buckets=num_buckets, span=span, chunk=config.chunk_size,
+                                 window=window, causal=causal, weighting=config.weighting, scale=1.0 / math.sqrt(dim),
+                                 pad=padded - received, plan=plan)
+  pack = jax.vmap(functools.partial(_pack, num_devices=num_devices, capacity=capacity, plan=plan))
+
+  def table_step(state, t):
     def owner(buckets):
       return jnp.where(valid_h, buckets[..., t] * num_devices // num_buckets, num_devices)
 
-    pack = jax.vmap(functools.partial(_pack, num_devices=num_devices, capacity=capacity))
     (qx, qp, qb), q_filled, q_slot, q_over = pack(owner(q_buckets), payloads=(q_h, positions, q_buckets))
     (kx, vx, kp, kb), k_filled, _, k_over = pack(owner(k_buckets), payloads=(k_h, v_h, positions, k_buckets))
-    qx, qp, qb, q_filled, kx, vx, kp, kb, k_filled = map(exchange, (qx, qp, qb, q_filled, kx, vx, kp, kb, k_filled))
-    part, table_collisions, in_window = attend(qx, kx, vx, qb, kb, q_filled, k_filled, qp, kp, t)
+    received = tuple(map(exchange, (qx, kx, vx, qb, kb, q_filled, k_filled, qp, kp)))
+    part, table_collisions, in_window = plans.map_rows(lambda xs: attend_row(*xs, t), received, plan,
+                                                       batch_size=plans.rows_per_step(padded))
     # Partial results travel back to the queries' home devices; a query that was not sent reads "empty".
     m, num, den = map(exchange, part)
-    part = (take_or(m, q_slot, _NEG), take_or(num, q_slot, 0.0), take_or(den, q_slot, 0.0))
-    state = jax.vmap(_merge)(state, part)
-    collisions += jnp.sum(table_collisions)
-    dropped += jnp.sum(table_collisions) - jnp.sum(in_window)
-    overflow += jnp.sum(q_over) + jnp.sum(k_over)
-  out = jax.vmap(_normalise)(state).reshape(batch, heads, n_local, dim).swapaxes(1, 2)
-  total = [jax.lax.psum(x, axis) for x in (dropped, collisions, overflow)]
-  return (out, *total)
+    part = (take_or(m, q_slot, NEG), take_or(num, q_slot, 0.0), take_or(den, q_slot, 0.0))
+    counts = jnp.stack([jnp.sum(table_collisions), jnp.sum(table_collisions) - jnp.sum(in_window),
+                        (jnp.sum(q_over) + jnp.sum(k_over)).astype(jnp.float32)])
+    return jax.vmap(merge)(state, part), counts
+
+  state = jax.vmap(lambda _: empty_merge_state(n_local, dim, q.dtype))(jnp.arange(rows))
+  state = jax.lax.pcast(state, (axis,), to='varying')  # the carry differs per device from the first table on
+  state, counts = jax.lax.scan(table_step, state, jnp.arange(q_buckets.shape[-1]))
+  collisions, dropped, overflow = (jax.lax.psum(x, axis) for x in jnp.sum(counts, axis=0))
+  out = jax.vmap(normalise)(state).reshape(batch, heads, n_local, dim).swapaxes(1, 2)
+  return out, dropped, collisions, overflow
 
 
 @functools.partial(jax.vmap, in_axes=(0, 0, None))
@@ -132,7 +133,7 @@ def take_or(x, index, fill):
 
 
 def _attend_received(q, k, v, q_buckets, k_buckets, q_valid, k_valid, q_position, k_position, t, *, num_buckets,
-                     span, chunk, window, causal, weighting, scale, pad):
+                     span, chunk, window, causal, weighting, scale, pad, plan):
   """Table t's window attention over the tokens one device received, for one (batch, head)."""
   def pad_tokens(x, value=0):
     return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1), constant_values=value)
@@ -140,15 +141,16 @@ def _attend_received(q, k, v, q_buckets, k_buckets, q_valid, k_valid, q_position
   q, k, v, q_valid, k_valid = (pad_tokens(x) for x in (q, k, v, q_valid, k_valid))
   q_position, k_position = pad_tokens(q_position), pad_tokens(k_position)
   q_buckets, k_buckets = pad_tokens(q_buckets), pad_tokens(k_buckets)
-  r = _route(q_buckets[:, t], k_buckets[:, t], q_valid, k_valid, q_position, k_position, span=span,
-             num_buckets=num_buckets, chunk=chunk, window=window, causal=causal)
+  r = route(q_buckets[:, t], k_buckets[:, t], q_valid, k_valid, q_position, k_position, span=span,
+            num_buckets=num_buckets, chunk=chunk, window=window, causal=causal, plan=plan)
 
   def collided_earlier(q_slot, k_slot):
     earlier = jnp.arange(q_buckets.shape[1]) < t
-    same = q_buckets[q_slot][:, None, :] == k_buckets[k_slot][None, :, :]
+    same = q_buckets[q_slot][:, None, :] == k_buckets[k_slot]  # (chunk, chunk or 1, window, tables)
     return jnp.any(same & earlier, axis=-1)
 
-  part, in_window = _table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, collided_earlier,
-                                     chunk=chunk, window=window, causal=causal, weighting=weighting, scale=scale)
+  part, in_window = table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, collided_earlier,
+                                    chunk=chunk, window=window, causal=causal, weighting=weighting, scale=scale,
+                                    plan=plan)
   n = q.shape[0] - pad
   return tuple(x[:n] for x in part), jnp.sum(r.collisions, dtype=jnp.float32), in_window

@@ -25,22 +25,20 @@ from absl import logging
 from flax import nnx
 
 from anna_jax.model import Transformer
-from experiments import plots, sweep, train
+from experiments import experiment, plots, sweep, train
 from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
 
 def validate(config):
+  """[(name, Experiment)] of the sweep's runs, checked to have a grid to evaluate."""
   grid = config.grid
   if not grid.tables_per_layer or not grid.hashes:
     raise ValueError('the config has no grid: set grid.tables_per_layer and grid.hashes')
-  if len(grid.tables_per_layer) != config.depth:
-    raise ValueError(f'grid.tables_per_layer has {len(grid.tables_per_layer)} entries for depth {config.depth}')
-  if min(min(t) for t in grid.tables_per_layer) < 1 or min(grid.hashes) < 0 or grid.draws < 1:
-    raise ValueError('grid tables must be >= 1, hashes >= 0 and draws >= 1')
-  if not config.test_size:
-    raise ValueError('the grid evaluates a fixed test set: set test_size > 0')
-  return sweep.validate(config)
+  points = sweep.validate(config)
+  if not all(x.evaluation.test_size for _, x in points):
+    raise ValueError('the grid evaluates a fixed test set: set evaluation.test_size > 0')
+  return points
 
 
 def cells(grid):
@@ -48,8 +46,15 @@ def cells(grid):
   return [(tuple(tables), z) for tables in itertools.product(*grid.tables_per_layer) for z in grid.hashes]
 
 
-def cell_key(run, step, tables, z):
-  return f'{run}|{step}|{",".join(map(str, tables))}|{z}'
+def cell_settings(x):
+  """Everything besides (run, step, tables, z) that a cell's numbers depend on: the draws and their seed, the run's
+  fields (task, model, test set, ...) and anna's hashing section (family, d', loop plan)."""
+  return {'draws': x.grid.draws, 'grid_seed': x.grid.seed,
+          **{k: v for k, v in x.fields.items() if not k.startswith('attention.') or k.startswith('attention.anna.')}}
+
+
+def cell_key(run, step, tables, z, settings):
+  return json.dumps([run, step, list(tables), z, settings], sort_keys=True, default=str)
 
 
 def read_rows(path):
@@ -63,10 +68,10 @@ def read_rows(path):
 class RunEvaluator:
   """The trained parameters and fixed test set of one run, and a compiled evaluation per grid cell."""
 
-  def __init__(self, c, run_dir):
-    self.c = c
-    self.trainer = train.Trainer(c)
-    manager = train.checkpoint_manager(c, run_dir)
+  def __init__(self, x, run_dir):
+    self.x = x
+    self.trainer = train.Trainer(x)
+    manager = train.checkpoint_manager(x, run_dir)
     state, self.step = train.restore_latest(manager, self.trainer.initial_state)
     manager.close()
     if not self.step:
@@ -82,9 +87,7 @@ class RunEvaluator:
 
   def cell(self, tables, z, draws, seed):
     """Errors and collision stats of `draws` hash draws with anna, `tables[i]` tables in layer i."""
-    c = self.c
-    layers = [train.attention_config(c, 'anna', num_tables=t, num_hashes=z) for t in tables]
-    model_config = train.make_model_config(c, self.trainer.task, 'anna', layer_attention=layers)
+    model_config = experiment.grid_model(self.x, tables, z)
 
     def hash_functions(d):  # the non-Param state (hash functions) of a fresh model; its Params are unused
       return nnx.split(Transformer(model_config, rngs=nnx.Rngs(seed * 100_003 + d)), nnx.Param, ...)
@@ -103,40 +106,48 @@ class RunEvaluator:
     return errors, lonely
 
 
-def run_grid(config, workdir):
-  """Evaluates every finished run of the sweep over the grid; returns all rows (resuming from grid.jsonl)."""
-  points = validate(config)
+def run_grid(config, workdir, points=None):
+  """Evaluates every finished run of the sweep over the grid; returns all rows (resuming from grid.jsonl).
+  points: `validate(config)` when the caller has built them already."""
+  points = points or validate(config)
   path = os.path.join(workdir, 'grid.jsonl')
   rows = read_rows(path)
-  done = {cell_key(r['run'], r['step'], r['tables'], r['hashes']) for r in rows}
-  todo = cells(config.grid)
-  for name, c in points:
+  done = {cell_key(r['run'], r['step'], r['tables'], r['hashes'], r.get('settings')) for r in rows}
+  for name, x in points:
+    todo = cells(x.grid)
+    settings = cell_settings(x)
     if not os.path.exists(sweep.result_path(workdir, name)):
       logging.warning('grid: %s has not finished training; skipped', name)
       continue
     with open(sweep.result_path(workdir, name)) as f:
       trained_steps = json.load(f)['steps']
-    if all(cell_key(name, trained_steps, t, z) in done for t, z in todo):
+    if all(cell_key(name, trained_steps, t, z, settings) in done for t, z in todo):
       continue
-    evaluator = RunEvaluator(c, os.path.join(workdir, 'runs', name))
+    evaluator = RunEvaluator(x, os.path.join(workdir, 'runs', name))
     logging.info('grid: %s (step %d), surrogate error %.4f; %d cells x %d draws', name, evaluator.step,
-                 evaluator.surrogate_error, len(todo), config.grid.draws)
+                 evaluator.surrogate_error, len(todo), x.grid.draws)
     for i, (tables, z) in enumerate(todo):
-      if cell_key(name, evaluator.step, tables, z) in done:
+      key = cell_key(name, evaluator.step, tables, z, settings)
+      if key in done:
         continue
       t0 = time.perf_counter()
-      errors, lonely = evaluator.cell(tables, z, config.grid.draws, config.grid.seed)
-      row = {'run': name, 'beta': c.beta, 'attention': c.attention, 'step': evaluator.step, 'tables': list(tables),
-             'hashes': z, 'draws': len(errors), 'mean': float(np.mean(errors)), 'std': float(np.std(errors)),
-             'errors': errors, 'no_collision_fraction': float(np.mean(lonely)),
-             'surrogate_error': evaluator.surrogate_error}
-      rows.append(row)
-      done.add(cell_key(name, evaluator.step, tables, z))
-      write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+      errors, lonely = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
+      row = {'run': name, 'beta': x.model.attention.unit_softmax.beta, 'attention': x.model.attention.kind,
+             'step': evaluator.step, 'tables': list(tables), 'hashes': z, 'draws': len(errors),
+             'mean': float(np.mean(errors)), 'std': float(np.std(errors)), 'errors': errors,
+             'no_collision_fraction': float(np.mean(lonely)), 'surrogate_error': evaluator.surrogate_error,
+             'settings': settings}
+      rows = [r for r in rows if not same_cell(r, row)] + [row]  # a cell evaluated anew replaces its old row
+      done.add(key)
+      write_atomic(path, ''.join(json.dumps(r, sort_keys=True, default=str) + '\n' for r in rows))
       logging.info('grid [%d/%d] tables %s z %d: error %.3f +- %.3f (%.1fs)', i + 1, len(todo), list(tables), z,
                    row['mean'], row['std'], time.perf_counter() - t0)
   write_grid_reports(workdir, rows)
   return rows
+
+
+def same_cell(a, b):
+  return (a['run'], a['step'], list(a['tables']), a['hashes']) == (b['run'], b['step'], list(b['tables']), b['hashes'])
 
 
 def latest_rows(rows):

@@ -1,7 +1,7 @@
 """Runs a sweep (or a single run) of the config given by --config, then its grid evaluation if it has one.
 
   python -m experiments.main                                   # the README's job: a small Figure 1a
-  python -m experiments.main --config=experiments/configs/khop_paper.py --config.steps=1000
+  python -m experiments.main --config=experiments/configs/khop_paper.py --config.train.steps=1000
   python -m experiments.grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
 """
 
@@ -64,26 +64,22 @@ def main(argv, mode=None):
   config = load_config()
   if _DISTRIBUTED.value:  # before anything asks jax for its devices
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  try:
-    sweep.validate(config, _SHARD_INDEX.value, _NUM_SHARDS.value)
-  except (ValueError, TypeError, KeyError, AttributeError) as e:
-    fail(first_line(e))
   mode = mode or _MODE.value
   with_grid = mode == 'grid' or (mode == 'all' and bool(config.grid.tables_per_layer))
-  if with_grid:
-    try:
-      grid.validate(config)
-    except (ValueError, TypeError) as e:
-      fail(first_line(e))
+  try:  # every run of the sweep built (and so validated) once, here
+    points = grid.validate(config) if with_grid else sweep.validate(config)
+    sweep.validate_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    fail(first_line(e))
   writable_dir(_WORKDIR.value)
   workdir = os.path.abspath(_WORKDIR.value)
   if mode != 'grid':
-    results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value)
+    results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value, points=points)
     if jax.process_index() == 0:
       logging.info('results: %s/results.md (%d runs)', workdir, len(results))
       print(open(os.path.join(workdir, 'results.md')).read() if results else 'no finished runs')
   if with_grid:
-    rows = grid.run_grid(config, _WORKDIR.value)
+    rows = grid.run_grid(config, _WORKDIR.value, points=points)
     if jax.process_index() == 0:
       print(open(os.path.join(workdir, 'grid.md')).read() if rows else 'no grid cells: no finished runs')
       if rows:

@@ -7,26 +7,31 @@ import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def kind_label(result):
+  """A result's attention kind, with the kind it was evaluated with if another."""
+  evaluated = result.get('evaluation.attention')
+  return result['attention.kind'] + (f' (eval {evaluated})' if evaluated else '')
 
 
 def error_vs_depth(results):
   """Returns (png bytes, height, width) of error vs depth for the finished results."""
-  kinds = sorted({r['attention'] + (f" (eval {r['eval_attention']})" if r.get('eval_attention') else '')
-                  for r in results})
+  kinds = sorted({kind_label(r) for r in results})
   fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False, sharey=True)
   for ax, kind in zip(axes[0], kinds):
-    runs = sorted((r for r in results if r['attention'] + (f" (eval {r['eval_attention']})"
-                                                          if r.get('eval_attention') else '') == kind),
-                  key=lambda r: r['depth'])
+    runs = sorted((r for r in results if kind_label(r) == kind), key=lambda r: r['model.depth'])
     ks = sorted({int(key.rsplit('k', 1)[1]) for r in runs for key in r if key.startswith('eval/error_k')})
     series = {f'k={k}': f'eval/error_k{k}' for k in ks} or {'all': 'eval/error'}
     for label, key in series.items():
-      points = [(r['depth'], r[key]) for r in runs if key in r]
+      points = [(r['model.depth'], r[key]) for r in runs if key in r]
       if points:
         ax.plot(*zip(*points), marker='o', label=label)
     ax.axhline(0.05, color='grey', linestyle=':', linewidth=1)
     ax.set_title(kind)
     ax.set_xlabel('depth')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # depth is an integer
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel('per-token error')
   return png(fig)
@@ -66,6 +71,7 @@ def grid_figure(rows):
         x, y, e = zip(*points)
         ax.errorbar(x, y, yerr=e, marker='o', markersize=3, capsize=2, label=f'z={z}')
       ax.set_xlabel('hash tables l')
+      ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tables are integers
       ax.set_ylabel(f"test error (mean over {mine[0]['draws']} draws)")
       ax.legend(fontsize=7)
     else:

@@ -8,62 +8,62 @@ Layout under the workdir:
   results.jsonl, results.md, error_vs_depth.png   rebuilt atomically from every result.json
 """
 
-import copy
-import itertools
 import json
 import os
+import re
 import time
 
 import jax
 from absl import logging
 
-from experiments import plots, train
+from experiments import experiment, plots, train
 from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
-AXES = ('task', 'attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes', 'beta', 'seed')
-HASHING = ('anna', 'anna_softmax')
+
+def run_name(c, swept):
+  """'<task>-<attention kind>' and then field=value for every swept field this run reads, e.g.
+  'khop-full-depth=3'; a field is named by its last part unless two swept fields share it."""
+  name = f'{c.task.name}-{c.attention.kind}'
+  shown = [path for path in swept if path not in ('task.name', 'attention.kind') and experiment.is_used(c, path)]
+  last = [path.rsplit('.', 1)[-1] for path in swept]
+  for path in shown:
+    label = path.rsplit('.', 1)[-1]
+    label = label if last.count(label) == 1 else path
+    value = swept[path]
+    text = ','.join(map(format_value, value)) if isinstance(value, (tuple, list)) else format_value(value)
+    name += f'-{label}={text}'
+  return re.sub(r'[^A-Za-z0-9_.,=+-]', '_', name)
 
 
-def run_name(c):
-  name = f'{c.task}-{c.attention}-d{c.depth}-w{c.width}-n{c.n}'
-  if c.task == 'khop':
-    name += f'-k{c.max_k}'
-  if c.attention in HASHING or c.eval_attention in HASHING:
-    name += f'-l{c.num_tables}-z{c.num_hashes}'
-  if 'unit_softmax' in (c.attention, c.eval_attention):
-    name += f'-b{c.beta:g}'
-  if c.eval_attention:
-    name += f'-eval_{c.eval_attention}'
-  return f'{name}-s{c.seed}'
+def format_value(value):
+  return f'{value:g}' if isinstance(value, float) else str(value)
 
 
 def expand(config):
   """[(name, run config)] for every distinct point of the sweep, in a fixed order.
 
-  Points that differ only in settings their attention ignores (ANNA's tables for full attention, say) have
-  the same name and run once.
+  Points that differ only in fields their run does not read (ANNA's tables for full attention, say) have the
+  same name and run once.
   """
-  axes = [(axis, tuple(config.sweep[axis]) or (config[axis],)) for axis in AXES]
-  points = []
-  for values in itertools.product(*(values for _, values in axes)):
-    c = copy.deepcopy(config)
-    with c.unlocked():
-      del c['sweep']
-      for (axis, _), value in zip(axes, values):
-        c[axis] = value
-    points.append((run_name(c), c))
-  return list({name: (name, c) for name, c in reversed(points)}.values())[::-1]
+  named = {}
+  for c, swept in experiment.points(config):
+    named.setdefault(run_name(c, swept), c)
+  return list(named.items())
 
 
-def validate(config, shard_index=0, num_shards=1):
+def validate_shard(shard_index, num_shards):
   if num_shards < 1 or not 0 <= shard_index < num_shards:
     raise ValueError(f'need 0 <= shard_index < num_shards, got {shard_index}, {num_shards}')
-  points = expand(config)
-  for name, c in points:
+
+
+def validate(config):
+  """[(name, Experiment)] of every point, each built (and so validated) once."""
+  points = []
+  for name, c in expand(config):
     try:
-      train.validate(c)
-    except ValueError as e:
+      points.append((name, experiment.build(c)))
+    except (ValueError, TypeError) as e:
       raise ValueError(f'{name}: {e}') from None
   return points
 
@@ -114,39 +114,41 @@ def write_reports(workdir, names):
   return results
 
 
-def run_sweep(config, workdir, shard_index=0, num_shards=1):
-  """Runs this shard's unfinished points; returns the results of every finished point of the sweep."""
-  points = validate(config, shard_index, num_shards)
+def run_sweep(config, workdir, shard_index=0, num_shards=1, points=None):
+  """Runs this shard's unfinished points; returns the results of every finished point of the sweep.
+  points: `validate(config)` when the caller has built them already."""
+  validate_shard(shard_index, num_shards)
+  points = points or validate(config)
   names = [name for name, _ in points]
   mine = shard(points, shard_index, num_shards)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     writer = SummaryWriter(os.path.join(workdir, 'tb'))
-    writer.hparams_experiment(train.HPARAMS, train.METRICS)
+    hparams = list(dict.fromkeys(field for _, x in points for field in x.fields))
+    writer.hparams_experiment(hparams, train.METRICS)
     writer.close()
   durations = []
   logging.info('sweep: %d points, %d in this shard (%d/%d); workdir %s', len(points), len(mine),
                shard_index, num_shards, os.path.abspath(workdir))
-  def finished(name, c):  # a result for at least this many steps; a run asked for more steps continues
+  def finished(name, x):  # a result for at least this many steps; a run asked for more steps continues
     path = result_path(workdir, name)
     if not os.path.exists(path):
       return False
     with open(path) as f:
       result = json.load(f)
-    return result.get('steps', 0) >= c.steps  # done, or stopped by a non-finite loss
+    return result.get('steps', 0) >= x.train.steps  # done, or stopped by a non-finite loss
 
-  for i, (name, c) in enumerate(mine):
+  for i, (name, x) in enumerate(mine):
     run_dir = os.path.join(workdir, 'runs', name)
     result_file = result_path(workdir, name)
-    if finished(name, c):
+    if finished(name, x):
       logging.info('[%d/%d] %s: finished earlier, skipped', i + 1, len(mine), name)
       continue
     if durations:
       remaining = sum(1 for n, c_ in mine[i:] if not finished(n, c_))
       logging.info('sweep ETA %s', train.format_seconds(remaining * sum(durations) / len(durations)))
     t0 = time.perf_counter()
-    result = train.train_and_evaluate(c, run_dir, tb_dir=os.path.join(workdir, 'tb', name),
-                                      label=f'[{i + 1}/{len(mine)}]')
+    result = train.run(x, run_dir, tb_dir=os.path.join(workdir, 'tb', name), label=f'[{i + 1}/{len(mine)}]')
     durations.append(time.perf_counter() - t0)
     if jax.process_index() == 0:
       write_atomic(result_file, json.dumps(result, indent=1, sort_keys=True))

@@ -1,9 +1,9 @@
 """One run: train_and_evaluate(config, workdir) trains one config, checkpoints with Orbax, returns its result.
 
 The data stream is a pure function of (seed, step): batches are sampled inside the jitted step (fresh
-sequences, or rows of a fixed training set when `train_size` > 0), so a run resumed from a checkpoint sees
+sequences, or rows of a fixed training set when `train.train_size` > 0), so a run resumed from a checkpoint sees
 exactly the batches it would have seen, and gives the same numbers. Evaluation uses fresh sequences, or a fixed
-test set of `test_size` sequences drawn once from its own seed.
+test set of `evaluation.test_size` sequences drawn once from its own seed.
 """
 
 import math
@@ -19,84 +19,23 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax.anna_softmax import ANNASoftmaxConfig
-from anna_jax.attention import AttentionConfig
-from anna_jax.model import Transformer, TransformerConfig
-from anna_jax.tasks import make_task
+from anna_jax.model import Transformer
+from experiments import experiment
 from experiments.summaries import SummaryWriter
 
-HPARAMS = ('task', 'attention', 'eval_attention', 'depth', 'width', 'n', 'max_k', 'num_tables', 'num_hashes',
-           'beta', 'seed')
 METRICS = ('eval/error', 'eval/max_k_solved', 'train/loss')
 SOLVED_ERROR = 0.05  # "solved" k: error below 5%, as in the paper
 STAT_NAMES = ('dropped_fraction', 'no_collision_fraction', 'mean_collisions')  # attention stats we report
 
 
-def make_task_from_config(c):
-  if c.task == 'khop':
-    return make_task('khop', n=c.n, alphabet=c.alphabet, max_k=c.max_k)
-  if c.task == 'match2':
-    return make_task('match2', n=c.n, modulus=c.modulus)
-  return make_task(c.task)  # raises the unknown-task error
-
-
-def hashing_config(c, num_tables=None, num_hashes=None):
-  return ANNASoftmaxConfig(num_tables=num_tables or c.num_tables,
-                           num_hashes=c.num_hashes if num_hashes is None else num_hashes, family=c.family,
-                           crosspolytope_dim=c.crosspolytope_dim, resample_hashes=c.resample_hashes,
-                           chunk_size=c.chunk_size, window=c.window, weighting=c.weighting)
-
-
-def attention_config(c, kind, num_tables=None, num_hashes=None):
-  return AttentionConfig(kind=kind, anna=hashing_config(c, num_tables, num_hashes), beta=c.beta,
-                         lowrank_features=c.lowrank_features)
-
-
-def make_model_config(c, task, attention_kind, layer_attention=()):
-  return TransformerConfig(vocab_size=task.vocab_size, num_classes=task.num_classes, max_len=task.length,
-                           depth=c.depth, width=c.width, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
-                           positional=c.positional, causal=c.causal, attention=attention_config(c, attention_kind),
-                           layer_attention=tuple(layer_attention))
-
-
-def validate(c):
-  """Raises ValueError with a one-line message for anything that cannot run."""
-  task = make_task_from_config(c)
-  hashing_config(c).validate()  # also when only a grid or eval_attention will hash
-  make_model_config(c, task, c.attention).validate()
-  if c.eval_attention:
-    make_model_config(c, task, c.eval_attention).validate()
-  for name in ('steps', 'batch_size', 'log_every', 'eval_every', 'eval_batches', 'checkpoint_every',
-               'keep_checkpoints'):
-    if c[name] < 1:
-      raise ValueError(f'{name} must be >= 1, got {c[name]}')
-  if c.schedule not in ('linear_decay', 'constant'):
-    raise ValueError(f"schedule must be 'linear_decay' or 'constant', got {c.schedule!r}")
-  if c.error_over not in ('answers', 'all'):
-    raise ValueError(f"error_over must be 'answers' or 'all', got {c.error_over!r}")
-  if c.train_size < 0 or c.test_size < 0:
-    raise ValueError(f'train_size and test_size must be >= 0, got {c.train_size}, {c.test_size}')
-  if c.train_size and task.name != 'match2':
-    raise ValueError('a fixed training set (train_size > 0) is only defined for match2')
-  if task.name == 'khop' and not -1 <= c.eval_k <= c.max_k:
-    raise ValueError(f'eval_k must be -1 (every k) or in 0..max_k={c.max_k}, got {c.eval_k}')
-  if not c.learning_rate > 0 or c.warmup_steps < 0 or c.warmup_steps > c.steps:
-    raise ValueError(f'need learning_rate > 0 and 0 <= warmup_steps <= steps, got {c.learning_rate}, '
-                     f'{c.warmup_steps}, {c.steps}')
-  devices = c.num_devices or jax.device_count()
-  if devices > jax.device_count() or c.batch_size % devices:
-    raise ValueError(f'batch_size {c.batch_size} must split evenly over {devices} devices '
-                     f'({jax.device_count()} available)')
-  return task
-
-
-def make_schedule(c):
-  """Linear warm-up, then a linear decay to 0 at `steps` or a constant rate (a run cut short and resumed with
+def make_schedule(x):
+  """Linear warm-up, then a linear decay to 0 at train.steps or a constant rate (a run cut short and resumed with
   more steps then follows the same trajectory)."""
-  after = (optax.linear_schedule(c.learning_rate, 0.0, c.steps - c.warmup_steps) if c.schedule == 'linear_decay'
-           else optax.constant_schedule(c.learning_rate))
-  return optax.join_schedules([optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps), after],
-                              [c.warmup_steps])
+  optim, steps = x.optim, x.train.steps
+  after = (optax.linear_schedule(optim.learning_rate, 0.0, steps - optim.warmup_steps)
+           if optim.schedule == 'linear_decay' else optax.constant_schedule(optim.learning_rate))
+  return optax.join_schedules([optax.linear_schedule(0.0, optim.learning_rate, optim.warmup_steps), after],
+                              [optim.warmup_steps])
 
 
 def loss_and_metrics(model, batch):
@@ -109,63 +48,65 @@ def loss_and_metrics(model, batch):
   return loss, metrics
 
 
-def make_mesh(c):
-  devices = jax.devices()[: c.num_devices or jax.device_count()]
+def make_mesh(x):
+  devices = jax.devices()[: x.train.num_devices or jax.device_count()]
   return jax.sharding.Mesh(np.array(devices), ('data',))
 
 
 class Trainer:
-  """Holds the jitted train and eval steps of one config, and its fixed data sets (if any)."""
+  """Holds the jitted train and eval steps of one built Experiment, and its fixed data sets (if any)."""
 
-  def __init__(self, c):
-    self.c = c
-    self.task = validate(c)
-    self.mesh = make_mesh(c)
+  def __init__(self, x):
+    self.x = x
+    self.task = x.task
+    self.mesh = make_mesh(x)
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharded = NamedSharding(self.mesh, P('data'))
-    self.schedule = make_schedule(c)
-    if c.attention == 'anna':
+    self.schedule = make_schedule(x)
+    if x.model.attention.kind == 'anna':
       logging.warning('attention=anna (Algorithm 1) passes no gradient to queries and keys, so they cannot '
-                      'learn; the paper trains unit_softmax and evaluates with anna (eval_attention / the grid)')
-    model = Transformer(make_model_config(c, self.task, c.attention), rngs=nnx.Rngs(c.seed))
-    tx = optax.adamw(self.schedule, weight_decay=c.weight_decay)
-    if c.grad_clip:
-      tx = optax.chain(optax.clip_by_global_norm(c.grad_clip), tx)
+                      'learn; the paper trains unit_softmax and evaluates with anna (evaluation.attention / the grid)')
+    model = Transformer(x.model, rngs=nnx.Rngs(x.seed))
+    tx = optax.adamw(self.schedule, weight_decay=x.optim.weight_decay)
+    if x.optim.grad_clip:
+      tx = optax.chain(optax.clip_by_global_norm(x.optim.grad_clip), tx)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     self.graphdef, state = nnx.split((model, optimizer))
     self.initial_state = jax.device_put(state, self.replicated)
     # Evaluation may swap in another attention (the paper's recipe); it reuses the trained Params.
-    eval_model = Transformer(make_model_config(c, self.task, c.eval_attention or c.attention),
-                             rngs=nnx.Rngs(c.seed))
+    self.swapped = x.eval_model != x.model
+    eval_model = Transformer(x.eval_model, rngs=nnx.Rngs(x.seed))
     self.eval_graphdef, _, self.eval_rest = nnx.split(eval_model, nnx.Param, ...)
-    self.data_key = jax.random.key(c.seed + 1)  # training stream
-    self.eval_key = jax.random.key(c.seed + 2)  # fresh sequences, never shared with training
+    self.data_key = jax.random.key(x.seed + 1)  # training stream
+    self.eval_key = jax.random.key(x.seed + 2)  # fresh sequences, never shared with training
     # Fixed sets (the paper's Match2: 10,000 training and 256 test sequences), drawn once from their own seeds.
-    self.train_set = self.task.balanced_set(c.seed + 3, c.train_size) if c.train_size else None
-    self.test_set = self.fixed_test_set() if c.test_size else None
+    self.train_set = self.task.balanced_set(x.seed + 3, x.train.train_size) if x.train.train_size else None
+    self.test_set = self.fixed_test_set() if x.evaluation.test_size else None
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
     self.eval_step = jax.jit(self._eval_step)
     self.eval_fixed = jax.jit(self._eval_fixed)
 
   def fixed_test_set(self):
-    key = jax.random.key(self.c.seed + 4)
+    x = self.x
+    key = jax.random.key(x.seed + 4)
     if self.task.name == 'match2':
-      return self.task.balanced_set(self.c.seed + 4, self.c.test_size)
-    k = None if self.c.eval_k < 0 else self.c.eval_k
-    return self.task.sample(key, self.c.test_size, k=k, every_token=self.c.error_over == 'all')
+      return self.task.balanced_set(x.seed + 4, x.evaluation.test_size)
+    k = None if x.evaluation.k < 0 else x.evaluation.k
+    return self.task.sample(key, x.evaluation.test_size, k=k, every_token=x.evaluation.error_over == 'all')
 
   def _sample(self, key, k=None):
+    batch_size = self.x.train.batch_size
     if k is None:
-      batch = self.task.sample(key, self.c.batch_size)
+      batch = self.task.sample(key, batch_size)
     else:
-      batch = self.task.sample(key, self.c.batch_size, k=k, every_token=self.c.error_over == 'all')
+      batch = self.task.sample(key, batch_size, k=k, every_token=self.x.evaluation.error_over == 'all')
     return jax.lax.with_sharding_constraint(batch, self.data_sharded)
 
   def _train_batch(self, step, train_set):
     key = jax.random.fold_in(self.data_key, step)
     if train_set is None:
       return self._sample(key)
-    rows = jax.random.randint(key, (self.c.batch_size,), 0, self.c.train_size)  # with replacement
+    rows = jax.random.randint(key, (self.x.train.batch_size,), 0, self.x.train.train_size)  # with replacement
     return jax.lax.with_sharding_constraint(jax.tree.map(lambda x: x[rows], train_set), self.data_sharded)
 
   def _train_step(self, state, step, train_set):
@@ -179,7 +120,7 @@ class Trainer:
   def eval_model(self, state):
     model, _ = nnx.merge(self.graphdef, state)
     params = nnx.state(model, nnx.Param)
-    rest = self.eval_rest if self.c.eval_attention else nnx.state(model, nnx.Not(nnx.Param))
+    rest = self.eval_rest if self.swapped else nnx.state(model, nnx.Not(nnx.Param))
     return nnx.merge(self.eval_graphdef, params, rest)
 
   def _eval_step(self, state, index, k):
@@ -198,12 +139,12 @@ class Trainer:
       result = {'eval/error': int(metrics['wrong']) / max(int(metrics['counted']), 1)}
       result.update({f'eval/{name}': float(metrics[name]) for name in STAT_NAMES if name in metrics})
       return result
-    ks = range(self.c.max_k + 1) if self.task.name == 'khop' else [0]
-    if self.task.name == 'khop' and self.c.eval_k >= 0:
-      ks = [self.c.eval_k]
+    ks = range(self.task.max_k + 1) if self.task.name == 'khop' else [0]
+    if self.task.name == 'khop' and self.x.evaluation.k >= 0:
+      ks = [self.x.evaluation.k]
     per_k, wrong_total, counted_total, stats = {}, 0, 0, {}
     for k in ks:
-      metrics = [self.eval_step(state, i, k) for i in range(self.c.eval_batches)]
+      metrics = [self.eval_step(state, i, k) for i in range(self.x.evaluation.batches)]
       metrics = jax.device_get(metrics)
       wrong = sum(int(m['wrong']) for m in metrics)
       counted = sum(int(m['counted']) for m in metrics)
@@ -222,8 +163,8 @@ class Trainer:
     return result
 
 
-def checkpoint_manager(c, workdir):
-  options = ocp.CheckpointManagerOptions(max_to_keep=c.keep_checkpoints, create=True,
+def checkpoint_manager(x, workdir):
+  options = ocp.CheckpointManagerOptions(max_to_keep=x.train.keep_checkpoints, create=True,
                                          enable_async_checkpointing=False)  # the next step donates the state
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options)
 
@@ -239,17 +180,23 @@ def restore_latest(manager, state):
   return state, step
 
 
-def train_and_evaluate(c, workdir, tb_dir=None, label=''):
-  """Trains config `c` in `workdir` (resuming from its latest checkpoint) and returns the result dict.
+def train_and_evaluate(config, workdir, tb_dir=None, label=''):
+  """Trains one run config (a config without `sweep`, see experiments.experiment) in `workdir`, resuming from
+  its latest checkpoint, and returns the result dict (see `run`)."""
+  return run(experiment.build(config), workdir, tb_dir, label)
 
-  result['status'] is 'done', or 'nan' when a non-finite loss stopped the run (the last good checkpoint
-  is kept). `label` prefixes console progress lines.
+
+def run(x, workdir, tb_dir=None, label=''):
+  """Trains the built Experiment `x` in `workdir` (resuming from its latest checkpoint); returns the result dict:
+  every config field the run read ('model.depth', ...), the last metrics, and status: 'done', or 'nan' when a
+  non-finite loss stopped the run (the last good checkpoint is kept). `label` prefixes console progress lines.
   """
   os.makedirs(workdir, exist_ok=True)
-  trainer = Trainer(c)
+  trainer = Trainer(x)
+  steps = x.train.steps
   writer = SummaryWriter(tb_dir or os.path.join(workdir, 'tb'))
-  writer.hparams_session({name: c[name] for name in HPARAMS})
-  manager = checkpoint_manager(c, workdir)
+  writer.hparams_session(x.fields)
+  manager = checkpoint_manager(x, workdir)
   state, start = restore_latest(manager, trainer.initial_state)
   logging.info('%s %s', label, os.path.basename(os.path.normpath(workdir)))
   if start:
@@ -273,35 +220,35 @@ def train_and_evaluate(c, workdir, tb_dir=None, label=''):
       return False
     window_steps += 1
     completed = step + 1
-    if completed % c.log_every == 0 or completed == c.steps:
+    if completed % x.train.log_every == 0 or completed == steps:
       elapsed = time.perf_counter() - window_start
       steps_per_sec = window_steps / max(elapsed, 1e-9)
       last = {'train/loss': float(metrics['loss']), 'train/error': float(metrics['wrong']) / max(int(metrics['counted']), 1),
               'train/lr': float(metrics['lr']), 'train/steps_per_sec': steps_per_sec}
       last.update({f'train/{name}': float(metrics[name]) for name in STAT_NAMES if name in metrics})
       writer.scalars(completed, last)
-      eta = (c.steps - completed) / max(steps_per_sec, 1e-9)
-      logging.info('%s step %d/%d loss %.4f err %.3f %.1f/s ETA %s', label, completed, c.steps,
+      eta = (steps - completed) / max(steps_per_sec, 1e-9)
+      logging.info('%s step %d/%d loss %.4f err %.3f %.1f/s ETA %s', label, completed, steps,
                    last['train/loss'], last['train/error'], steps_per_sec, format_seconds(eta))
       window_start, window_steps = time.perf_counter(), 0
     return True
 
   train_start = time.perf_counter()
-  for step in range(start, c.steps):
+  for step in range(start, steps):
     state, metrics = compiled(state, jnp.int32(step), trainer.train_set)
     if pending is not None and not finish_step(*pending):
       pending = None
       break
     pending = (step, metrics)
     completed = step + 1
-    if completed % c.checkpoint_every == 0 or completed == c.steps or completed % c.eval_every == 0:
+    if completed % x.train.checkpoint_every == 0 or completed == steps or completed % x.evaluation.every == 0:
       ok = finish_step(*pending)  # checkpoint and evaluate only a state whose loss was finite
       pending = None
       if not ok:
         break
-      if completed % c.checkpoint_every == 0 or completed == c.steps:
+      if completed % x.train.checkpoint_every == 0 or completed == steps:
         manager.save(completed, args=ocp.args.StandardSave(nnx.to_pure_dict(state)))
-      if completed % c.eval_every == 0 or completed == c.steps:
+      if completed % x.evaluation.every == 0 or completed == steps:
         evaluation = trainer.evaluate(state)
         writer.scalars(completed, evaluation)
         logging.info('%s eval at step %d: error %.4f', label, completed, evaluation['eval/error'])
@@ -310,13 +257,13 @@ def train_and_evaluate(c, workdir, tb_dir=None, label=''):
     finish_step(*pending)
   if status == 'done' and 'eval/error' not in last:  # killed after its final checkpoint: evaluate that
     last.update(trainer.evaluate(state))
-    writer.scalars(c.steps, last)
+    writer.scalars(steps, last)
   manager.close()
   train_seconds = time.perf_counter() - train_start
   writer.hparams_session_end(ok=status == 'done')
   writer.close()
-  result = {name: c[name] for name in HPARAMS}
-  result.update(status=status, steps=c.steps, compile_seconds=round(compile_seconds, 3),
+  result = dict(x.fields)
+  result.update(status=status, steps=steps, compile_seconds=round(compile_seconds, 3),
                 train_seconds=round(train_seconds, 3), resumed_from=start,
                 device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size)
   result.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in last.items()})

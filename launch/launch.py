@@ -2,7 +2,7 @@
 
 Everything after `--` goes to experiments.main unchanged. --dry_run prints what would run and runs nothing.
 
-  python -m launch.launch --target=local --num_shards=2 -- --config.steps=2000
+  python -m launch.launch --target=local --num_shards=2 -- --config.train.steps=2000
   python -m launch.launch --target=slurm --num_shards=10 --gpus_per_node=4 -- --config=experiments/configs/khop_paper.py
   python -m launch.launch --target=tpu --tpu_name=my-pod --zone=us-central2-b -- --config=experiments/configs/khop_paper.py
 

@@ -104,7 +104,7 @@ def test_blocked_hashing_equals_hashing_at_once():
   q, k, _ = qkv(100, seed=2)
   proj = draw_projections(jax.random.key(2), 2, 8, config)
   whole = lsh.bucket_ids(q, k, proj, 'crosspolytope')
-  blocked = lsh.bucket_ids(q, k, proj, 'crosspolytope', cpu=True, block_size=32)  # 4 blocks, the last overlapping
+  blocked = lsh.bucket_ids(q, k, proj, 'crosspolytope', block_size=32)  # 4 blocks, the last overlapping
   for a, b in zip(whole[:2], blocked[:2]):
     np.testing.assert_array_equal(a, b)
   assert whole[2] == blocked[2] == 16**2
@@ -299,3 +299,64 @@ def test_cpu_kernels_under_vmap_equal_one_call_per_element():
   mapped = jax.vmap(attend)(q, k, v)
   for i in range(2):
     np.testing.assert_allclose(mapped[i], attend(q[i], k[i], v[i]), atol=1e-6)
+
+
+@pytest.mark.parametrize('dim', [64, 128])  # the kernel's unrolled widths (the main job runs 64)
+def test_cpu_kernel_at_wide_heads_equals_the_oracle(dim):
+  config = ANNAConfig(num_tables=3, num_hashes=2, loop_plan='cpu')
+  q, k, v = qkv(40, batch=1, heads=2, dim=dim, seed=dim)
+  proj = draw_projections(jax.random.key(dim), 2, dim, config)
+  mask = padding_mask(40, [33])
+  for causal in (False, True):
+    out, _ = anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+    expected = anna_dense_reference(q, k, v, proj, family='hyperplane', mask=mask, causal=causal)
+    np.testing.assert_allclose(out, expected, atol=2e-5)
+    grad = jax.grad(lambda v: jnp.sum(anna_attention(q, k, v, proj, config, mask=mask, causal=causal)[0] ** 2))(v)
+    expected_grad = jax.grad(lambda v: jnp.sum(anna_dense_reference(q, k, v, proj, family='hyperplane', mask=mask,
+                                                                    causal=causal) ** 2))(v)
+    np.testing.assert_allclose(grad, expected_grad, atol=2e-4)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_accelerator_plan_two_key_sort_equals_the_oracle(causal):
+  # 2**24 buckets at n = 60: (buckets + 1) * 2n overflows int32, so keys and queries sort on two keys.
+  config = ANNAConfig(num_tables=2, num_hashes=24, loop_plan='accelerator')
+  q, k, v = qkv(60, seed=11)
+  k = k.at[:, ::2].set(q[:, ::2])  # shared directions, so buckets of 2**24 still hold pairs
+  proj = draw_projections(jax.random.key(11), 2, 8, config)
+  out, stats = anna_attention(q, k, v, proj, config, causal=causal)
+  np.testing.assert_allclose(out, anna_dense_reference(q, k, v, proj, family='hyperplane', causal=causal),
+                             atol=2e-5)
+  assert float(stats.mean_collisions) > 0  # the check compares real collisions, not zeros with zeros
+
+
+def test_cpu_and_accelerator_plans_agree_in_bfloat16():
+  # Stated tolerance: both sum in float32 and round the output to bfloat16 once; outputs within 1 bfloat16 ulp
+  # of values of size ~1 (2**-7), v-gradients the same.
+  q, k, v = (x.astype(jnp.bfloat16) for x in qkv(64, seed=12))
+  mask = padding_mask(64, [64, 50])
+  results = {}
+  for plan in ('cpu', 'accelerator'):
+    config = ANNAConfig(num_tables=5, num_hashes=3, loop_plan=plan)
+    proj = draw_projections(jax.random.key(12), 2, 8, config)
+    attend = lambda v: anna_attention(q, k, v, proj, config, mask=mask, causal=True)[0]  # noqa: E731
+    results[plan] = (attend(v), jax.grad(lambda v: jnp.sum(attend(v).astype(jnp.float32) ** 2))(v))
+  for a, b in zip(results['cpu'], results['accelerator']):
+    assert a.dtype == b.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), atol=2**-7, rtol=2**-7)
+
+
+@pytest.mark.parametrize('plan', ['cpu', 'accelerator'])
+def test_stats_under_padding_count_real_queries_and_keys_only(plan):
+  from anna_jax.oracle import collision_counts
+  config = ANNAConfig(num_tables=3, num_hashes=3, loop_plan=plan)
+  q, k, v = qkv(50, seed=13)
+  proj = draw_projections(jax.random.key(13), 2, 8, config)
+  mask = padding_mask(50, [50, 20])
+  _, stats = anna_attention(q, k, v, proj, config, mask=mask)
+  counts = collision_counts(q, k, proj, 'hyperplane', mask=mask)  # (batch, heads, n, n)
+  per_query = jnp.sum(counts, axis=-1)  # (batch, heads, n)
+  real = jnp.broadcast_to(mask[:, None, :], per_query.shape)
+  assert float(stats.mean_collisions) == pytest.approx(float(jnp.sum(per_query) / jnp.sum(real)), rel=1e-6)
+  assert float(stats.no_collision_fraction) == pytest.approx(
+      float(jnp.sum((per_query == 0) & real) / jnp.sum(real)), rel=1e-6)

@@ -1,9 +1,11 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anna_jax import anna_softmax as anna_module
+from anna_jax import plans
 from anna_jax.anna import draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig as ANNAConfig, anna_softmax_attention as anna_attention
 from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
@@ -66,7 +68,7 @@ def test_one_head_per_step_equals_batched_heads(monkeypatch):
     return jnp.sum(jnp.sin(out)), (out, stats.dropped)
 
   (_, (batched, dropped)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-  monkeypatch.setattr(anna_module, '_TOKEN_BUDGET', 1)
+  monkeypatch.setattr(plans, 'TOKEN_BUDGET', 1)
   (_, (one_by_one, dropped_again)), grads_again = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
   assert float(dropped) > 0  # windows overflow, so both paths place the same windows, not just the full set
   np.testing.assert_allclose(one_by_one, batched, atol=1e-6)
@@ -114,12 +116,18 @@ def test_collision_count_matches_dense_count(causal):
   assert float(stats.collisions) == float(jnp.sum(collide))
 
 
-def attended_by_windows(q_buckets, k_buckets, chunk, window):
-  """Per table, pairs that share a bucket AND fall in the query chunk's window, placed as the module docstring
-  says (sort by bucket then position; window from the first key of the chunk's lowest bucket). Plain numpy."""
+def attended_by_windows(q_buckets, k_buckets, chunk, window, causal=False):
+  """Per table, pairs that share a bucket AND fall in the query's window, placed as the module docstring says:
+  not causal, sort by (bucket, position) and take the window from the first key of the chunk's lowest bucket;
+  causal, the latest `window` keys of the query's bucket at or before it. Plain numpy."""
   tables, n = q_buckets.shape
   attended = np.zeros((tables, n, n), bool)
   for t in range(tables):
+    if causal:
+      for i in range(n):
+        same = np.flatnonzero((k_buckets[t] == q_buckets[t][i]) & (np.arange(n) <= i))
+        attended[t, i, same[-window:]] = True
+      continue
     q_order, k_order = np.argsort(q_buckets[t], kind='stable'), np.argsort(k_buckets[t], kind='stable')
     for c in range(n // chunk):
       queries = q_order[c * chunk:(c + 1) * chunk]
@@ -130,24 +138,41 @@ def attended_by_windows(q_buckets, k_buckets, chunk, window):
   return attended
 
 
-@pytest.mark.parametrize('weighting', ['softmax', 'uniform'])
-def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting):
+@pytest.mark.parametrize('weighting, causal', [('softmax', False), ('uniform', False), ('softmax', True)])
+def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting, causal):
   # Windows far smaller than the buckets: most collisions are dropped, and a pair dropped by one table but
   # attended by another must still count, exactly once.
   n = 64
   config = ANNAConfig(num_tables=3, num_hashes=1, chunk_size=8, window=8, weighting=weighting)
   q, k, v, proj = setup(n, config, seed=6)
-  out, stats = anna_attention(q, k, v, proj, config)
-  assert float(stats.dropped_fraction) > 0.5
+  out, stats = anna_attention(q, k, v, proj, config, causal=causal)
+  assert float(stats.dropped_fraction) > 0.4
   q_buckets, k_buckets = np.asarray(hash_buckets(q, proj)), np.asarray(hash_buckets(k, proj))
   expected = np.zeros(out.shape)
   for b in range(q.shape[0]):
     for h in range(q.shape[2]):
-      union = attended_by_windows(q_buckets[b, h], k_buckets[b, h], 8, 8).any(axis=0)
+      union = attended_by_windows(q_buckets[b, h], k_buckets[b, h], 8, 8, causal).any(axis=0)
       scores = np.asarray(q[b, :, h] @ k[b, :, h].T) / np.sqrt(q.shape[-1])
       weights = np.where(union, np.exp(scores) if weighting == 'softmax' else 1.0, 0.0)
       expected[b, :, h] = weights @ np.asarray(v[b, :, h]) / np.maximum(weights.sum(-1, keepdims=True), 1e-30)
   np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
+def test_causal_with_heavy_dropping_never_reads_the_future():
+  # Which keys a causal query's window holds must not depend on where later tokens hash. With chunk-wide
+  # windows, replacing only the tokens after position 128 moved outputs at positions <= 128 by up to 2.58.
+  n, cut = 256, 128
+  config = ANNAConfig(num_tables=4, num_hashes=2, chunk_size=8, window=8)
+  q, k, v, proj = setup(n, config, heads=2, dim=16, seed=3)
+  future = qkv(n, heads=2, dim=16, seed=13)
+  changed = [jnp.where(jnp.arange(n)[None, :, None, None] > cut, f, x) for x, f in zip((q, k, v), future)]
+  for plan in ('cpu', 'accelerator'):
+    planned = dataclasses.replace(config, loop_plan=plan)
+    before, stats = anna_attention(q, k, v, proj, planned, causal=True)
+    after, _ = anna_attention(*changed, proj, planned, causal=True)
+    assert float(stats.dropped_fraction) > 0.5  # most collisions fall outside the windows
+    np.testing.assert_allclose(after[:, : cut + 1], before[:, : cut + 1], atol=1e-5)
+    assert float(jnp.max(jnp.abs(after[:, cut + 1:] - before[:, cut + 1:]))) > 1e-2  # the check can fail
 
 
 def test_overflow_is_counted_and_changes_output():

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from benchmarks.scaling import Record, crossover, fit_slope
+from benchmarks.measure import Record
+from benchmarks.report import crossover, fit_slope
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,3 +73,22 @@ def test_over_memory_points_are_recorded_and_the_run_goes_on(tmp_path):
     status = {(r['kind'], r['n']): r['status'] for r in csv.DictReader(f)}
   assert status == {('full', '64'): 'ok', ('full', '4096'): 'over_memory', ('anna', '64'): 'ok',
                     ('anna', '4096'): 'ok'}
+
+
+def test_measure_runs_in_process_from_a_settings_object():
+  # No flags read inside: a Settings object and the kind's name are all a point needs.
+  from benchmarks import kinds, measure
+  s = kinds.Settings(heads=2, head_dim=8, num_tables=2, chunk_size=16, window=16, repeats=1, quality_queries=8,
+                     reformer_chunk=16)
+  for kind in ('anna_softmax', 'reformer', 'full'):
+    record = measure.measure(s, kind, 'forward', 64, budget=2**34, peak_gflops=1.0)
+    assert record.status == 'ok' and record.median_seconds > 0, record
+    config = kinds.attention_config(kind, 64, s)
+    assert record.analytic_flops == kinds.analytic_flops(config, 64, 1, 2, 8)
+  # anna_softmax with windows that hold every collision: its quality reference (the oracle) agrees with it.
+  wide = kinds.Settings(heads=2, head_dim=8, num_tables=2, num_hashes=2, chunk_size=16, window=64, repeats=1,
+                        quality_queries=16)
+  record = measure.measure(wide, 'anna_softmax', 'forward', 64, budget=2**34, peak_gflops=1.0)
+  assert record.dropped_fraction == 0.0 and record.relative_error < 1e-5
+  with pytest.raises(ValueError, match='>= 1'):
+    kinds.Settings(repeats=0)

@@ -14,14 +14,20 @@ BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
     ('experiments.main', ['--config.bogus=1'], 'bogus'),
     ('experiments.main', ['--config=no/such/config.py'], 'config'),
     ('experiments.main', ['--config=tests/__init__.py'], 'config'),  # a file without get_config()
-    ('experiments.main', ['--config.steps=many'], 'steps'),
-    ('experiments.main', ['--config.sweep.beta=abc'], 'beta'),
-    ('experiments.main', [KHOP, '--config.task=copy'], 'unknown task'),
-    ('experiments.main', [KHOP, '--config.max_k=-1'], 'max_k >= 0'),
-    ('experiments.main', [KHOP, '--config.depth=0', '--config.sweep.depth=()'], 'depth'),
-    ('experiments.main', [KHOP, '--config.n=3', '--config.max_k=4'], 'too small'),
-    ('experiments.main', [KHOP, '--config.attention=sparse', '--config.sweep.attention=()'], 'attention kind'),
-    ('experiments.main', ['--config.family=simhash'], 'family'),
+    ('experiments.main', ['--config.train.steps=many'], 'steps'),
+    ('experiments.main', ['--config.sweep.attention.unit_softmax.beta=abc'], 'beta'),
+    ('experiments.main', ['--config.attention.anna.bogus=1'], 'bogus'),  # a nested field
+    ('experiments.main', ['--config.attention.anna.num_tables=0'], 'num_tables'),
+    ('experiments.main', ['--config.attention.reformer.num_buckets=3'], 'even'),
+    ('experiments.main', ["--config.attention.per_layer=({'kind':'full'},{'kind':'full'})"], 'layer_attention'),
+    ('experiments.main', ["--config.attention.per_layer=({'nope':1},)"], 'nope'),
+    ('experiments.main', [KHOP, '--config.task.name=copy'], 'unknown task'),
+    ('experiments.main', [KHOP, '--config.task.khop.max_k=-1'], 'max_k >= 0'),
+    ('experiments.main', [KHOP, '--config.model.depth=0', '--config.sweep.model.depth=()'], 'depth'),
+    ('experiments.main', [KHOP, '--config.task.khop.n=3', '--config.task.khop.max_k=4'], 'too small'),
+    ('experiments.main', [KHOP, '--config.attention.kind=sparse', '--config.sweep.attention.kind=()'],
+     'attention kind'),
+    ('experiments.main', ['--config.attention.anna.family=simhash'], 'family'),
     ('experiments.main', ['--no_such_flag=1'], 'no_such_flag'),
     ('experiments.main', ['--num_shards=2', '--shard_index=2'], 'shard_index'),
     ('experiments.main', ['--workdir=/proc/no-such-dir'], 'cannot write'),
@@ -70,10 +76,11 @@ def test_missing_sbatch_is_one_line(tmp_path):
 
 
 def test_console_has_no_backend_probe_noise_and_fits_80_columns(tmp_path):
-  args = [KHOP, f'--workdir={tmp_path}', '--config.n=8', '--config.max_k=1', '--config.width=16',
-          '--config.num_heads=2', '--config.steps=4', '--config.warmup_steps=1', '--config.batch_size=8',
-          '--config.log_every=2', '--config.eval_every=4', '--config.checkpoint_every=2', '--config.eval_batches=1',
-          '--config.sweep.depth=(1,)', "--config.sweep.attention=('full',)"]
+  args = [KHOP, f'--workdir={tmp_path}', '--config.task.khop.n=8', '--config.task.khop.max_k=1',
+          '--config.model.width=16', '--config.model.num_heads=2', '--config.train.steps=4',
+          '--config.optim.warmup_steps=1', '--config.train.batch_size=8', '--config.train.log_every=2',
+          '--config.evaluation.every=4', '--config.train.checkpoint_every=2', '--config.evaluation.batches=1',
+          '--config.sweep.model.depth=(1,)', "--config.sweep.attention.kind=('full',)"]
   result = run('experiments.main', args, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'Unable to initialize' not in result.stderr and 'libtpu' not in result.stderr

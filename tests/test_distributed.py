@@ -8,19 +8,19 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train
-from tests.test_experiments import ROOT, params_of, tiny_config
+from experiments import experiment, train
+from tests.test_experiments import ROOT, TINY_KHOP, params_of, tiny_config
 
 
 def test_data_parallel_over_8_devices_matches_one_device(tmp_path):
   assert jax.device_count() == 8  # tests/conftest.py asks XLA for 8 host devices
-  one = train.train_and_evaluate(tiny_config(num_devices=1), str(tmp_path / 'one'))
-  eight = train.train_and_evaluate(tiny_config(num_devices=8), str(tmp_path / 'eight'))
+  one = train.train_and_evaluate(tiny_config({'train.num_devices': 1}), str(tmp_path / 'one'))
+  eight = train.train_and_evaluate(tiny_config({'train.num_devices': 8}), str(tmp_path / 'eight'))
   assert eight['num_devices'] == 8 and one['num_devices'] == 1
   np.testing.assert_allclose(eight['train/loss'], one['train/loss'], rtol=1e-5)
   assert eight['eval/error'] == one['eval/error']
-  _, params_one = params_of(str(tmp_path / 'one'), tiny_config(num_devices=1))
-  _, params_eight = params_of(str(tmp_path / 'eight'), tiny_config(num_devices=1))
+  _, params_one = params_of(str(tmp_path / 'one'), tiny_config({'train.num_devices': 1}))
+  _, params_eight = params_of(str(tmp_path / 'eight'), tiny_config({'train.num_devices': 1}))
   # Adam divides by sqrt(v): near-zero gradients turn float reduction-order noise into visible (but
   # small) differences, well under the 10 steps x lr 1e-3 that the parameters moved.
   for a, b in zip(params_one, params_eight):
@@ -29,7 +29,7 @@ def test_data_parallel_over_8_devices_matches_one_device(tmp_path):
 
 def test_batch_must_split_over_devices():
   with pytest.raises(ValueError, match='split evenly'):
-    train.validate(tiny_config(num_devices=8, batch_size=12))
+    experiment.build(tiny_config({'train.num_devices': 8, 'train.batch_size': 12}))
 
 
 def free_port():
@@ -38,10 +38,11 @@ def free_port():
     return s.getsockname()[1]
 
 
-TINY_FLAGS = ['--config=experiments/configs/default.py', '--config.n=8', '--config.max_k=1', '--config.width=16', '--config.num_heads=2', '--config.steps=6',
-              '--config.warmup_steps=2', '--config.batch_size=8', '--config.checkpoint_every=3',
-              '--config.eval_every=6', '--config.log_every=3', '--config.eval_batches=1', '--config.num_devices=0',
-              '--config.sweep.depth=(1,)', "--config.sweep.attention=('anna_softmax',)"]
+TINY_FLAGS = ['--config=experiments/configs/default.py', *TINY_KHOP, '--config.train.steps=6',
+              '--config.optim.warmup_steps=2', '--config.train.batch_size=8', '--config.train.checkpoint_every=3',
+              '--config.evaluation.every=6', '--config.train.log_every=3', '--config.evaluation.batches=1',
+              '--config.train.num_devices=0', '--config.sweep.model.depth=()',
+              "--config.sweep.attention.kind=('anna_softmax',)"]
 
 
 def launch(workdir, devices_per_process, process_id=None, port=None):
@@ -63,7 +64,7 @@ def test_two_processes_train_together_like_one_process_with_two_devices(tmp_path
   single = launch(tmp_path / 'single', 2)
   output = single.communicate(timeout=300)[0]
   assert single.returncode == 0, output[-3000:]
-  name = 'khop-anna_softmax-d1-w16-n8-k1-l4-z2-s0'
+  name = 'khop-anna_softmax'
   multi = json.loads((tmp_path / 'multi' / 'runs' / name / 'result.json').read_text())
   alone = json.loads((tmp_path / 'single' / 'runs' / name / 'result.json').read_text())
   assert multi['num_devices'] == alone['num_devices'] == 2

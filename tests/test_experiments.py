@@ -12,26 +12,28 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import sweep, train
+from experiments import experiment, sweep, train
 from experiments.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
+def tiny_config(overrides=None):
+  """A tiny k-hop config; overrides: {'dotted.field': value}."""
   c = default.get_config()
-  c.n, c.max_k, c.depth, c.width, c.num_heads = 8, 1, 1, 16, 2
-  c.steps, c.batch_size, c.warmup_steps = 10, 8, 2
-  c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 5, 10, 5, 1
-  c.sweep.depth, c.sweep.attention = (), ()
-  for name, value in overrides.items():
-    c[name] = value
+  c.task.khop.n, c.task.khop.max_k, c.model.depth, c.model.width, c.model.num_heads = 8, 1, 1, 16, 2
+  c.train.steps, c.train.batch_size, c.optim.warmup_steps = 10, 8, 2
+  c.train.log_every, c.evaluation.every, c.train.checkpoint_every, c.evaluation.batches = 5, 10, 5, 1
+  c.sweep.model.depth, c.sweep.attention.kind = (), ()
+  for path, value in (overrides or {}).items():
+    experiment.set_field(c, path, value)
   return c
 
 
 def params_of(workdir, c):
-  trainer = train.Trainer(c)
-  manager = train.checkpoint_manager(c, workdir)
+  x = experiment.build(c)
+  trainer = train.Trainer(x)
+  manager = train.checkpoint_manager(x, workdir)
   state, step = train.restore_latest(manager, trainer.initial_state)
   manager.close()
   return step, [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(state))]
@@ -43,7 +45,7 @@ def test_resume_from_checkpoint_gives_the_same_numbers(tmp_path):
   resumed_dir = tmp_path / 'resumed'
   train.train_and_evaluate(c, str(resumed_dir))
   # Lose the last checkpoint, as if the run had been killed after step 5.
-  manager = train.checkpoint_manager(c, str(resumed_dir))
+  manager = train.checkpoint_manager(experiment.build(c), str(resumed_dir))
   manager.delete(10)
   manager.close()
   resumed = train.train_and_evaluate(c, str(resumed_dir))
@@ -58,7 +60,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   c = tiny_config()
   train.train_and_evaluate(c, str(tmp_path))
   good_step, good_params = params_of(str(tmp_path), c)
-  blown = tiny_config(steps=20, learning_rate=float('inf'))
+  blown = tiny_config({'train.steps': 20, 'optim.learning_rate': float('inf')})
   result = train.train_and_evaluate(blown, str(tmp_path))
   assert result['status'] == 'nan'
   step, params = params_of(str(tmp_path), c)
@@ -70,9 +72,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_sweep_expansion_and_sharding_are_deterministic():
   c = default.get_config()
-  c.sweep.depth, c.sweep.attention, c.sweep.num_tables = (1, 2, 3), ('full', 'anna_softmax'), (1, 4)
+  c.sweep.model.depth, c.sweep.attention.kind = (1, 2, 3), ('full', 'anna_softmax')
+  c.sweep.attention.anna_softmax.num_tables = (1, 4)
   names = [name for name, _ in sweep.expand(c)]
   assert len(names) == len(set(names)) == 3 + 6  # full attention ignores num_tables: 3 points, not 6
+  assert 'khop-anna_softmax-num_tables=4-depth=2' in names and 'khop-full-depth=2' in names
   assert names == [name for name, _ in sweep.expand(c)]
   shards = [[n for n, _ in sweep.shard(sweep.expand(c), i, 5)] for i in range(5)]
   assert sorted(sum(shards, [])) == sorted(names)
@@ -81,11 +85,14 @@ def test_sweep_expansion_and_sharding_are_deterministic():
 
 def test_sweep_writes_results_table_plot_and_skips_finished_runs(tmp_path):
   c = tiny_config()
-  c.sweep.depth, c.sweep.attention = (1, 2), ('full', 'anna_softmax')
+  c.sweep.model.depth, c.sweep.attention.kind = (1, 2), ('full', 'anna_softmax')
   results = sweep.run_sweep(c, str(tmp_path))
   assert len(results) == 4 and all(r['status'] == 'done' for r in results)
   assert all('eval/error_k1' in r and 0.0 <= r['eval/error'] <= 1.0 for r in results)
-  assert all(r['eval/dropped_fraction'] >= 0.0 for r in results if r['attention'] == 'anna_softmax')
+  assert all(r['eval/dropped_fraction'] >= 0.0 for r in results if r['attention.kind'] == 'anna_softmax')
+  assert all(r['model.depth'] in (1, 2) and r['task.khop.n'] == 8 for r in results)  # every field recorded
+  assert not any(k.startswith('attention.anna_softmax.') for r in results if r['attention.kind'] == 'full'
+                 for k in r)  # but not the sections of kinds the run does not use
   lines = (tmp_path / 'results.jsonl').read_text().splitlines()
   assert sorted(json.loads(line)['name'] for line in lines) == sorted(r['name'] for r in results)
   assert (tmp_path / 'results.md').read_text().count('\n') == 2 + 4
@@ -97,6 +104,8 @@ def test_sweep_writes_results_table_plot_and_skips_finished_runs(tmp_path):
 
 
 KHOP = '--config=experiments/configs/default.py'  # the k-hop base config (the default job is Match2)
+TINY_KHOP = ['--config.task.khop.n=8', '--config.task.khop.max_k=1', '--config.model.width=16',
+             '--config.model.num_heads=2']
 
 
 def run_main(*args, timeout=300):
@@ -121,7 +130,7 @@ def fetch_json(url, body=None):
 @pytest.mark.slow
 def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
   c = tiny_config()
-  c.sweep.attention = ('full', 'anna_softmax')
+  c.sweep.attention.kind = ('full', 'anna_softmax')
   results = sweep.run_sweep(c, str(tmp_path))
   port = free_port()
   server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), 'tensorboard'), '--logdir',
@@ -149,7 +158,7 @@ def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
         'allowedStatuses': ['STATUS_UNKNOWN', 'STATUS_SUCCESS', 'STATUS_FAILURE', 'STATUS_RUNNING']})
     by_name = {g['name']: g for g in groups['sessionGroups']}
     assert set(by_name) == names
-    assert {by_name[r['name']]['hparams']['attention'] for r in results} == {'full', 'anna_softmax'}
+    assert {by_name[r['name']]['hparams']['attention.kind'] for r in results} == {'full', 'anna_softmax'}
     assert 'sweep/error_vs_depth' in fetch_json(f'{base}/plugin/images/tags')['.']
   finally:
     server.terminate()
@@ -158,27 +167,73 @@ def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
-  args = [f'--workdir={tmp_path}', '--config.n=8', '--config.max_k=1', '--config.width=16', '--config.num_heads=2',
-          '--config.steps=2000', '--config.warmup_steps=10', '--config.checkpoint_every=50',
-          '--config.eval_every=2000', '--config.log_every=50', '--config.sweep.depth=(1,2)',
-          "--config.sweep.attention=('full',)"]
+  args = [f'--workdir={tmp_path}', *TINY_KHOP, '--config.train.steps=2000', '--config.optim.warmup_steps=10',
+          '--config.train.checkpoint_every=50', '--config.evaluation.every=2000', '--config.train.log_every=50',
+          '--config.sweep.model.depth=(1,2)', "--config.sweep.attention.kind=('full',)"]
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
   process = subprocess.Popen([sys.executable, '-m', 'experiments.main', KHOP, *args], cwd=ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  second_run = tmp_path / 'runs' / 'khop-full-d2-w16-n8-k1-s0' / 'checkpoints'
+  second_run = tmp_path / 'runs' / 'khop-full-depth=2' / 'checkpoints'
   deadline = time.time() + 240
   while not (second_run.exists() and any(p.name.isdigit() for p in second_run.iterdir())):
     assert process.poll() is None and time.time() < deadline
     time.sleep(0.2)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  first_result = tmp_path / 'runs' / 'khop-full-d1-w16-n8-k1-s0' / 'result.json'
+  first_result = tmp_path / 'runs' / 'khop-full-depth=1' / 'result.json'
   saved = first_result.read_text()
-  assert json.loads((tmp_path / 'results.jsonl').read_text())['name'] == 'khop-full-d1-w16-n8-k1-s0'
+  assert json.loads((tmp_path / 'results.jsonl').read_text())['name'] == 'khop-full-depth=1'
   result = run_main(*args)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'finished earlier, skipped' in result.stderr and 'resuming from step' in result.stderr
   assert first_result.read_text() == saved
   lines = [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
-  assert [r['name'] for r in lines] == ['khop-full-d1-w16-n8-k1-s0', 'khop-full-d2-w16-n8-k1-s0']
+  assert [r['name'] for r in lines] == ['khop-full-depth=1', 'khop-full-depth=2']
   assert all(r['status'] == 'done' and r['steps'] == 2000 for r in lines)
+
+
+def test_every_config_section_reaches_the_module_it_configures():
+  # Checked on the built model, not on the config: the value set is the value the module uses.
+  from anna_jax.model import Transformer
+  cases = [
+      ('reformer', {'attention.reformer.num_rounds': 3, 'attention.reformer.num_buckets': 6,
+                    'attention.reformer.chunk_size': 4, 'attention.reformer.loop_plan': 'accelerator'},
+       lambda core: (core.config.num_rounds, core.config.num_buckets, core.config.chunk_size, core.config.loop_plan,
+                     core.hashes.projections[...].shape[1]) == (3, 6, 4, 'accelerator', 3)),
+      ('anna_softmax', {'attention.anna_softmax.num_tables': 5, 'attention.anna_softmax.window': 7,
+                        'attention.anna_softmax.loop_plan': 'cpu'},
+       lambda core: (core.config.num_tables, core.config.window, core.config.loop_plan,
+                     core.hashes.projections[...].shape[1]) == (5, 7, 'cpu', 5)),
+      ('anna', {'attention.anna.num_tables': 6, 'attention.anna.num_hashes': 1},
+       lambda core: core.hashes.projections[...].shape[1:4:2] == (6, 1)),  # (heads, tables, d, hashes)
+      ('unit_softmax', {'attention.unit_softmax.beta': 0.25}, lambda core: core.config.beta == 0.25),
+      ('lowrank', {'attention.lowrank.num_features': 5}, lambda core: core.features[...].shape[1] == 5),
+      ('full_blockwise', {'attention.full_blockwise.block': 16}, lambda core: core.config.block == 16),
+  ]
+  for kind, fields, check in cases:
+    x = experiment.build(tiny_config({'attention.kind': kind, **fields}))
+    core = Transformer(x.model, rngs=nnx.Rngs(0)).blocks[0].attention.core
+    assert check(core), kind
+    assert all(x.fields[path] == value for path, value in fields.items())  # and the run records it
+  # Per-layer attention, and the evaluation swap, reach every layer.
+  c = tiny_config({'model.depth': 2, 'evaluation.attention': 'anna',
+                   'attention.per_layer': ({'kind': 'full'}, {'kind': 'anna_softmax', 'anna_softmax.num_tables': 3})})
+  x = experiment.build(c)
+  cores = [b.attention.core for b in Transformer(x.model, rngs=nnx.Rngs(0)).blocks]
+  assert type(cores[0]).__name__ == 'FullAttention' and cores[1].kind == 'anna_softmax'
+  assert cores[1].config.num_tables == 3
+  assert [b.attention.core.kind for b in Transformer(x.eval_model, rngs=nnx.Rngs(0)).blocks] == ['anna', 'anna']
+
+
+def test_any_field_can_be_swept_and_names_the_runs():
+  c = tiny_config()
+  c.sweep.optim.learning_rate = (1e-3, 3e-3)
+  c.sweep.attention.reformer.num_rounds = (2, 4)  # read only by reformer runs
+  c.sweep.attention.kind = ('full', 'reformer')
+  names = [name for name, _ in sweep.expand(c)]
+  assert names == ['khop-full-learning_rate=0.001', 'khop-full-learning_rate=0.003',
+                   'khop-reformer-num_rounds=2-learning_rate=0.001', 'khop-reformer-num_rounds=2-learning_rate=0.003',
+                   'khop-reformer-num_rounds=4-learning_rate=0.001', 'khop-reformer-num_rounds=4-learning_rate=0.003']
+  built = dict(sweep.validate(c))
+  assert built['khop-reformer-num_rounds=4-learning_rate=0.003'].model.attention.reformer.num_rounds == 4
+  assert built['khop-reformer-num_rounds=4-learning_rate=0.003'].optim.learning_rate == 3e-3

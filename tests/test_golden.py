@@ -8,7 +8,7 @@ change was not meant to move them, the failure is a regression: find it.
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import train
+from experiments import experiment, train
 from experiments.configs import match2_paper
 
 GOLDEN = {
@@ -21,10 +21,11 @@ GOLDEN = {
 
 def tiny_config(eval_attention=''):
   c = match2_paper.get_config()
-  c.n, c.modulus, c.width, c.train_size, c.test_size = 8, 11, 16, 64, 32
-  c.steps, c.batch_size, c.warmup_steps, c.learning_rate = 8, 8, 2, 0.01
-  c.eval_attention, c.num_tables, c.num_hashes = eval_attention, 4, 1
-  return c
+  c.task.match2.n, c.task.match2.modulus, c.model.width, c.train.train_size = 8, 11, 16, 64
+  c.evaluation.test_size = 32
+  c.train.steps, c.train.batch_size, c.optim.warmup_steps, c.optim.learning_rate = 8, 8, 2, 0.01
+  c.evaluation.attention, c.attention.anna.num_tables, c.attention.anna.num_hashes = eval_attention, 4, 1
+  return experiment.build(c)
 
 
 def golden_numbers():

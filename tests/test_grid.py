@@ -1,20 +1,24 @@
 """Train once, evaluate on a grid: tiny configs end to end, resume included."""
 
+import copy
+
 import numpy as np
 
-from experiments import grid, plots, sweep
+from experiments import experiment, grid, plots, sweep
 from experiments.configs import match2_paper, quick_figure1a
 
 
-def tiny_match2(**overrides):
+def tiny_match2(overrides=None):
+  """A tiny Match2 surrogate sweep (beta 0.1 and 10) with a grid; overrides: {'dotted.field': value}."""
   c = match2_paper.get_config()
-  c.n, c.modulus, c.width, c.train_size, c.test_size = 8, 11, 16, 64, 16
-  c.steps, c.batch_size, c.warmup_steps = 12, 8, 2
-  c.log_every, c.eval_every, c.checkpoint_every = 6, 12, 6
-  c.sweep.beta = (0.1, 10.0)
+  c.task.match2.n, c.task.match2.modulus, c.model.width, c.train.train_size = 8, 11, 16, 64
+  c.evaluation.test_size = 16
+  c.train.steps, c.train.batch_size, c.optim.warmup_steps = 12, 8, 2
+  c.train.log_every, c.evaluation.every, c.train.checkpoint_every = 6, 12, 6
+  c.sweep.attention.unit_softmax.beta = (0.1, 10.0)
   c.grid.tables_per_layer, c.grid.hashes, c.grid.draws = ((1, 3),), (1, 2), 2
-  for name, value in overrides.items():
-    c[name] = value
+  for path, value in (overrides or {}).items():
+    experiment.set_field(c, path, value)
   return c
 
 
@@ -34,7 +38,8 @@ def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch):
   assert 'z=1' in (tmp_path / 'grid.md').read_text()
   assert list((tmp_path / 'tb' / 'grid').iterdir())
   # Same draws, same numbers: a second evaluation of one cell is identical.
-  evaluator = grid.RunEvaluator(c, str(tmp_path / 'runs' / rows[0]['run']))
+  run = dict(sweep.validate(c))[rows[0]['run']]
+  evaluator = grid.RunEvaluator(run, str(tmp_path / 'runs' / rows[0]['run']))
   again, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
   assert again == rows[0]['errors']
 
@@ -53,9 +58,10 @@ def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch):
 def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   from experiments.configs import induction_paper
   c = induction_paper.get_config()
-  c.n, c.width, c.test_size, c.steps, c.batch_size, c.warmup_steps = 12, 16, 8, 4, 4, 1
-  c.log_every, c.eval_every, c.checkpoint_every = 2, 4, 2
-  c.sweep.beta = (1.0,)
+  c.task.khop.n, c.model.width, c.evaluation.test_size = 12, 16, 8
+  c.train.steps, c.train.batch_size, c.optim.warmup_steps = 4, 4, 1
+  c.train.log_every, c.evaluation.every, c.train.checkpoint_every = 2, 4, 2
+  c.sweep.attention.unit_softmax.beta = (1.0,)
   c.grid.tables_per_layer, c.grid.hashes, c.grid.draws = ((2, 4), (1, 3)), (1, 2), 1
   sweep.run_sweep(c, str(tmp_path))
   rows = grid.run_grid(c, str(tmp_path))
@@ -70,11 +76,11 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
 
 def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path):
   c = tiny_match2()
-  c.sweep.beta = (0.1,)
+  c.sweep.attention.unit_softmax.beta = (0.1,)
   sweep.run_sweep(c, str(tmp_path))
   first = grid.run_grid(c, str(tmp_path))
-  longer = tiny_match2(steps=18)
-  longer.sweep.beta = (0.1,)
+  longer = tiny_match2({'train.steps': 18})
+  longer.sweep.attention.unit_softmax.beta = (0.1,)
   results = sweep.run_sweep(longer, str(tmp_path))
   assert results[0]['steps'] == 18 and results[0]['resumed_from'] == 12
   rows = grid.run_grid(longer, str(tmp_path))
@@ -86,7 +92,41 @@ def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path):
 def test_quick_config_is_the_paper_setup_scaled_down():
   c = quick_figure1a.get_config()
   paper = match2_paper.get_config()
-  for field in ('task', 'n', 'modulus', 'train_size', 'test_size', 'depth', 'width', 'num_heads', 'attention',
-                'learning_rate', 'batch_size'):
-    assert c[field] == paper[field], field
-  assert c.steps < paper.steps and c.grid.tables_per_layer == ((1, 2, 4, 8, 16),) and c.grid.hashes == (1, 2, 3)
+  for field in ('task', 'model', 'attention', 'evaluation.test_size', 'train.train_size', 'train.batch_size',
+                'optim.learning_rate'):
+    section, *rest = field.split('.')
+    assert (c[section][rest[0]] if rest else c[section]) == (paper[section][rest[0]] if rest else paper[section])
+  assert c.train.steps < paper.train.steps and c.grid.tables_per_layer == ((1, 2, 4, 8, 16),) and c.grid.hashes == (1, 2, 3)
+
+
+def test_a_cell_is_evaluated_again_when_anything_behind_its_numbers_changes(tmp_path, monkeypatch):
+  c = tiny_match2({'grid.tables_per_layer': ((2,),), 'grid.hashes': (1,)})
+  c.sweep.attention.unit_softmax.beta = (0.1,)
+  sweep.run_sweep(c, str(tmp_path))
+  first = grid.run_grid(c, str(tmp_path))
+  calls = []
+  real_cell = grid.RunEvaluator.cell
+  monkeypatch.setattr(grid.RunEvaluator, 'cell', lambda self, *a: calls.append(a) or real_cell(self, *a))
+  assert grid.run_grid(c, str(tmp_path)) == first and not calls  # nothing changed: nothing recomputed
+  for path, value in (('grid.draws', 3), ('grid.seed', 1), ('attention.anna.family', 'crosspolytope')):
+    changed = copy.deepcopy(c)
+    experiment.set_field(changed, path, value)
+    rows = grid.run_grid(changed, str(tmp_path))
+    assert len(calls) == 1, path  # recomputed, not read back as if it were the old cell
+    assert len(rows) == 1 and rows[0]['settings'] == grid.cell_settings(dict(sweep.validate(changed))[rows[0]['run']])
+    calls.clear()
+  assert rows[0]['draws'] == 2 and rows[0]['settings']['attention.anna.family'] == 'crosspolytope'
+
+
+def test_grid_models_carry_the_cell_tables_hashes_and_family():
+  c = tiny_match2({'model.depth': 2, 'attention.anna.family': 'crosspolytope',
+                   'grid.tables_per_layer': ((3,), (5,))})
+  (_, x), = sweep.validate(c)[:1]
+  from anna_jax.model import Transformer
+  from flax import nnx
+  model = Transformer(experiment.grid_model(x, (3, 5), 2), rngs=nnx.Rngs(0))
+  cores = [block.attention.core for block in model.blocks]
+  assert [core.kind for core in cores] == ['anna', 'anna']
+  assert [core.config.num_tables for core in cores] == [3, 5] and {core.config.num_hashes for core in cores} == {2}
+  assert [core.hashes.projections[...].shape[1] for core in cores] == [3, 5]  # (heads, tables, hashes, d, d')
+  assert all(core.config.family == 'crosspolytope' for core in cores)

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from anna_jax import ANNASoftmaxConfig, AttentionConfig, Transformer, TransformerConfig
+from anna_jax import ANNAConfig, ANNASoftmaxConfig, AttentionConfig, Transformer, TransformerConfig
+from anna_jax.baselines import UnitSoftmaxConfig
 
-HASHING = ANNASoftmaxConfig(num_tables=2, num_hashes=2, chunk_size=8, window=16)
+HASHING = ANNAConfig(num_tables=2, num_hashes=2)
 ANNA = AttentionConfig(kind='anna', anna=HASHING)
-ANNA_SOFTMAX = AttentionConfig(kind='anna_softmax', anna=HASHING)
+ANNA_SOFTMAX = AttentionConfig(kind='anna_softmax', anna_softmax=ANNASoftmaxConfig(num_tables=2, num_hashes=2,
+                                                                                  chunk_size=8, window=16))
 
 
 def config(**overrides):
@@ -20,7 +22,7 @@ def config(**overrides):
 
 @pytest.mark.parametrize('attention, positional', [
     (AttentionConfig(kind='full'), 'learned'), (ANNA_SOFTMAX, 'sinusoidal'), (ANNA, 'learned'),
-    (AttentionConfig(kind='unit_softmax', beta=10.0), 'learned'), (AttentionConfig(kind='lowrank'), 'learned')])
+    (AttentionConfig(kind='unit_softmax', unit_softmax=UnitSoftmaxConfig(beta=10.0)), 'learned'), (AttentionConfig(kind='lowrank'), 'learned')])
 def test_forward_and_gradients(attention, positional):
   model = Transformer(config(attention=attention, positional=positional, causal=True), rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, 10)
@@ -61,8 +63,8 @@ def test_full_attention_weights_load_into_anna_model():
   anna = Transformer(config(attention=ANNA), rngs=nnx.Rngs(1))
   nnx.update(anna, nnx.state(full, nnx.Param))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
-  wide = dataclasses.replace(ANNA_SOFTMAX, anna=ANNASoftmaxConfig(num_tables=1, num_hashes=0, chunk_size=8,
-                                                                  window=16))
+  wide = dataclasses.replace(ANNA_SOFTMAX, anna_softmax=ANNASoftmaxConfig(num_tables=1, num_hashes=0, chunk_size=8,
+                                                                          window=16))
   exact = Transformer(config(attention=wide), rngs=nnx.Rngs(2))
   nnx.update(exact, nnx.state(full, nnx.Param))
   np.testing.assert_allclose(exact(tokens)[0], full(tokens)[0], atol=1e-5)
@@ -70,14 +72,15 @@ def test_full_attention_weights_load_into_anna_model():
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(width=10, num_heads=3), 'divisible'),
-    (dict(depth=0), 'depth'),
-    (dict(attention=AttentionConfig(kind='sparse')), 'attention kind'),
-    (dict(positional='rope'), 'positional'),
+    (lambda: dict(width=10, num_heads=3), 'divisible'),
+    (lambda: dict(depth=0), 'depth'),
+    (lambda: dict(attention=AttentionConfig(kind='sparse')), 'attention kind'),
+    (lambda: dict(positional='rope'), 'positional'),
+    (lambda: dict(attention=AttentionConfig(kind='anna', anna=ANNAConfig(num_tables=0))), 'num_tables'),
 ])
 def test_bad_config_is_a_clear_error(overrides, message):
-  with pytest.raises(ValueError, match=message):
-    Transformer(config(**overrides), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=message):  # configs validate when made: a bad one never reaches a model
+    Transformer(config(**overrides()), rngs=nnx.Rngs(0))
 
 
 def test_unit_softmax_is_softmax_of_beta_times_cosine():
@@ -95,7 +98,7 @@ def test_unit_softmax_is_softmax_of_beta_times_cosine():
 
 
 def test_per_layer_attention_and_surrogate_weights_load_into_anna():
-  surrogate = Transformer(config(attention=AttentionConfig(kind='unit_softmax', beta=1.0)), rngs=nnx.Rngs(0))
+  surrogate = Transformer(config(attention=AttentionConfig(kind='unit_softmax', unit_softmax=UnitSoftmaxConfig(beta=1.0))), rngs=nnx.Rngs(0))
   layers = tuple(dataclasses.replace(ANNA, anna=dataclasses.replace(HASHING, num_tables=t)) for t in (6, 2))
   anna = Transformer(config(layer_attention=layers), rngs=nnx.Rngs(1))
   assert [b.attention.core.hashes.projections[...].shape[1] for b in anna.blocks] == [6, 2]

@@ -1,7 +1,10 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
 from anna_jax.anna import draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
@@ -50,3 +53,18 @@ def test_length_must_split_over_devices(mesh):
   q, k, v, proj = inputs(100, config)
   with pytest.raises(ValueError, match='divisible'):
     sequence_parallel_anna_softmax(q, k, v, proj, config, mesh)
+
+
+def test_accelerator_plan_exports_for_cuda_with_only_the_scan_over_tables(mesh):
+  # The loop plan reaches the sharded path: exported for CUDA, its only loop is the scan over tables (the CPU
+  # plan, exported the same way, has its row and chunk loops: the check can fail).
+  loops = {}
+  for plan in ('accelerator', 'cpu'):
+    config = ANNASoftmaxConfig(num_tables=3, num_hashes=3, chunk_size=8, window=32, loop_plan=plan)
+    proj = draw_projections(jax.random.key(0), 2, 8, config)
+    fn = jax.jit(lambda q, k, v: sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, causal=True)[0])
+    x = jax.ShapeDtypeStruct((2, 1024, 2, 8), jnp.bfloat16, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, 'seq')))
+    module = export.export(fn, platforms=['cuda'])(x, x, x).mlir_module()
+    loops[plan] = len(re.findall(r'stablehlo\.while', module))
+  assert loops['accelerator'] == 1 and loops['cpu'] > 1, loops

@@ -1,81 +1,67 @@
-"""The base config every other config starts from (every field commented): a small k-hop sweep, depth x
-attention kind, that finishes on a CPU in minutes.
+"""The base config every other config starts from: a small k-hop sweep, depth x attention kind, that finishes on a
+CPU in minutes.
 
-Every field can be overridden from the command line, e.g. --config.steps=2000 --config.sweep.depth='(2,3,4)'.
-The sweep runs the product of the non-empty `sweep` tuples; an empty tuple keeps the single value above it.
+Sections mirror the library's dataclasses and are built into them by `experiments.experiment.build`, the one
+factory (its docstring lists the sections). Every field can be overridden from the command line, and swept:
+  --config.train.steps=2000 --config.attention.anna_softmax.num_tables=8
+  --config.sweep.model.depth='(2,3,4)' --config.sweep.attention.kind="('full','anna_softmax')"
+The sweep runs the product of the non-empty `sweep` tuples; runs are named by the fields they sweep.
 """
 
 import ml_collections
 
+from anna_jax.anna import ANNAConfig
+from anna_jax.anna_softmax import ANNASoftmaxConfig
+from anna_jax.baselines import BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig
+from anna_jax.reformer import ReformerConfig
+from anna_jax.tasks import KHop, Match2
+from experiments.experiment import EvalConfig, OptimConfig, TrainConfig, section, with_sweep_axes
+
 
 def get_config():
   c = ml_collections.ConfigDict()
-  # Task.
-  c.task = 'khop'  # 'khop' (k-hop induction heads) or 'match2'
-  c.n = 24  # symbols per sequence (k-hop adds one leading k token)
-  c.max_k = 2  # k-hop: k ~ uniform 0..max_k per training sequence; error is reported per k
-  c.alphabet = 4  # k-hop: number of symbols
-  c.modulus = 37  # match2: tokens are 0..modulus-1
-  c.train_size = 0  # match2: > 0 trains on a fixed label-balanced set of this many sequences; 0: fresh ones
-  c.test_size = 0  # > 0: evaluate on a fixed set of this many sequences (match2: balanced); 0: fresh batches
-  c.eval_k = -1  # k-hop: evaluate this k only; -1: every k in 0..max_k
-  c.error_over = 'answers'  # k-hop: count errors on 'answers' (targets other than "none") or on 'all' tokens
-  # Model.
-  c.depth = 2  # transformer blocks
-  c.width = 64  # residual width
-  c.num_heads = 4
-  c.mlp_ratio = 4  # MLP hidden width = mlp_ratio * width
-  c.positional = 'learned'  # 'learned', 'sinusoidal' or 'none'
-  c.causal = True  # k-hop only looks back; causal attention matches it
-  # Attention.
-  # Kinds: 'full', 'unit_softmax' (the paper's surrogate), 'anna' (Algorithm 1: q and k get no gradient),
-  # 'anna_softmax' (softmax over ANNA's collision set, trainable), 'lowrank'. Used for training.
-  c.attention = 'full'
-  c.eval_attention = ''  # '' evaluates with the training attention; a kind swaps it in for evaluation only
-  c.beta = 1.0  # unit_softmax: softmax(beta * q.k) over unit-norm q, k
-  c.num_tables = 4  # anna / anna_softmax: hash tables (l)
-  c.num_hashes = 2  # anna / anna_softmax: hashes per table (z)
-  c.family = 'hyperplane'  # LSH family: 'hyperplane' (2**z buckets) or 'crosspolytope' ((2 d')**z)
-  c.crosspolytope_dim = 0  # d' of each cross-polytope hash; 0 = head dim
-  c.chunk_size = 64  # anna_softmax: sorted queries per chunk
-  c.window = 128  # anna_softmax: sorted keys each chunk reads
-  c.weighting = 'softmax'  # anna_softmax: 'softmax' or 'uniform' over colliding keys
-  c.resample_hashes = False  # anna / anna_softmax: redraw hash functions every call instead of fixing them
-  c.lowrank_features = 64  # low-rank (Performer) baseline: random features
-  # Optimisation (AdamW; weight_decay = 0 is Adam).
-  c.seed = 0  # model init, hash projections and the data stream
-  c.steps = 1000
-  c.batch_size = 32  # global batch, split over the data-parallel devices
-  c.learning_rate = 1e-3
-  c.warmup_steps = 50
-  c.schedule = 'linear_decay'  # after warm-up: 'linear_decay' (to 0 at `steps`) or 'constant'
-
-  c.weight_decay = 0.01
-  c.grad_clip = 1.0  # global-norm clip; 0 disables it
-  c.num_devices = 1  # data-parallel devices; 0 takes every device
-  # Logging, evaluation, checkpoints.
-  c.log_every = 100  # steps between console / TensorBoard logs
-  c.eval_every = 500  # steps between evaluations (and at the end)
-  c.eval_batches = 4  # batches of fresh sequences per evaluation (per k for k-hop)
-  c.checkpoint_every = 200  # steps between Orbax checkpoints (and at the end)
-  c.keep_checkpoints = 2  # checkpoints kept on disk
-  # Sweep axes: the product of the non-empty tuples.
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.task = ()
-  c.sweep.depth = (1, 2)
-  c.sweep.width = ()
-  c.sweep.n = ()
-  c.sweep.attention = ('full', 'anna_softmax')
-  c.sweep.max_k = ()
-  c.sweep.num_tables = ()
-  c.sweep.num_hashes = ()
-  c.sweep.beta = ()
-  c.sweep.seed = ()
+  c.seed = 0  # model init, hash functions and the data streams
+  # Task: 'khop' (k-hop induction heads: n symbols, k ~ uniform 0..max_k per training sequence, error per k) or
+  # 'match2' (n tokens mod `modulus`); each task's section holds its dataclass's fields (anna_jax.tasks).
+  c.task = ml_collections.ConfigDict()
+  c.task.name = 'khop'
+  c.task.khop = section(KHop, n=24, alphabet=4, max_k=2)
+  c.task.match2 = section(Match2, n=32, modulus=37)
+  # Model (anna_jax.model.TransformerConfig): pre-LayerNorm blocks; k-hop only looks back, so causal.
+  c.model = ml_collections.ConfigDict(dict(depth=2, width=64, num_heads=4, mlp_ratio=4, positional='learned',
+                                           causal=True))
+  # Attention: the kind used for training, and one section per kind (anna_jax.attention.AttentionConfig).
+  # Kinds: 'full', 'full_blockwise', 'unit_softmax' (the paper's surrogate), 'anna' (Algorithm 1: q and k get no
+  # gradient), 'anna_softmax' (softmax over ANNA's collision set, trainable), 'lowrank', 'reformer'.
+  c.attention = ml_collections.ConfigDict()
+  c.attention.kind = 'full'
+  c.attention.per_layer = ()  # () or one dict of overrides per layer, e.g. ({'kind': 'full'}, {'kind': 'anna'})
+  c.attention.full = section(FullConfig)  # implementation: '' (XLA's choice), 'xla' or 'cudnn'
+  c.attention.full_blockwise = section(BlockwiseConfig)  # block: query and key block
+  c.attention.unit_softmax = section(UnitSoftmaxConfig)  # beta: softmax(beta * q.k) over unit-norm q, k
+  # anna: tables l, hashes z, LSH family ('hyperplane': 2**z buckets; 'crosspolytope': (2 d')**z),
+  # crosspolytope_dim d' (0 = head dim), resample_hashes, loop_plan ('auto', 'cpu', 'accelerator').
+  c.attention.anna = section(ANNAConfig, num_tables=4, num_hashes=2)
+  # anna_softmax: anna's hashing, plus chunk_size (sorted queries per chunk), window (sorted keys each chunk,
+  # causal: each query, reads) and weighting ('softmax' or 'uniform' over the colliding keys).
+  c.attention.anna_softmax = section(ANNASoftmaxConfig, num_tables=4, num_hashes=2, chunk_size=64, window=128)
+  c.attention.lowrank = section(LowRankConfig)  # num_features: Performer random features
+  # reformer: num_rounds, num_buckets (even), chunk_size (each chunk attends itself and the previous one).
+  c.attention.reformer = section(ReformerConfig)
+  # Training (experiments.experiment.TrainConfig), optimisation (OptimConfig: AdamW, weight_decay 0 is Adam),
+  # evaluation (EvalConfig): every field is commented on its dataclass.
+  c.train = section(TrainConfig)
+  c.optim = section(OptimConfig)
+  c.evaluation = section(EvalConfig)
   # Grid evaluation (python -m experiments.grid): every finished run of the sweep is evaluated with `anna`
-  # (Algorithm 1) swapped in, over tables per layer x hashes x draws, without retraining. Empty: no grid.
+  # (Algorithm 1, attention.anna's family) swapped in, over tables per layer x hashes x draws. Empty: no grid.
   c.grid = ml_collections.ConfigDict()
   c.grid.tables_per_layer = ()  # one tuple of table counts per layer, e.g. ((1, 2, 4),) for one layer
   c.grid.hashes = ()  # hashes per table (z)
   c.grid.draws = 10  # fresh hash functions per cell: mean and std over them
   c.grid.seed = 0  # draw d of every cell uses hash seed (grid.seed, d)
+  # Sweep: the same tree, every leaf a tuple of values (empty: not swept).
+  with_sweep_axes(c)
+  c.sweep.model.depth = (1, 2)
+  c.sweep.attention.kind = ('full', 'anna_softmax')
   return c

@@ -1,4 +1,4 @@
-"""Induction heads (1-hop) as the paper ran it (Figure 1b; SPEC.md "Experiment 2"): train the unit_softmax
+"""Induction heads (1-hop) as the paper ran it (Figure 1b; arXiv 2509.09001 section 6, experiment 2): train the unit_softmax
 surrogate, then evaluate its checkpoint with ANNA (Algorithm 1) over layer-1 tables {32, 40, ..., 96} x layer-2
 tables {4, 8, ..., 32} x hashes {1, 2, 3, 4} x 10 hash draws.
 
@@ -14,13 +14,13 @@ Choices where the paper is silent:
 - Learned positions, pre-LayerNorm blocks, 1,000 warm-up steps then a CONSTANT rate, so a run cut short and
   resumed later follows the same trajectory (the paper's 400k steps are about 18 hours on this 2-core CPU).
 
-Exact commands. Train (resumable: run the same command again; --config.steps=S stops at S and writes a result
+Exact commands. Train (resumable: run the same command again; --config.train.steps=S stops at S and writes a result
 that the grid can read, a later command with more steps continues from the checkpoint):
   python -m experiments.main --mode=train --config=experiments/configs/induction_paper.py \
-      --workdir=runs/induction_paper --config.sweep.beta='(1.0,)' --config.steps=400000
+      --workdir=runs/induction_paper --config.sweep.attention.unit_softmax.beta='(1.0,)' --config.train.steps=400000
 Grid on the latest result:
   python -m experiments.grid --config=experiments/configs/induction_paper.py --workdir=runs/induction_paper \
-      --config.sweep.beta='(1.0,)' --config.steps=S
+      --config.sweep.attention.unit_softmax.beta='(1.0,)' --config.train.steps=S
 Measured here (2-core AMD EPYC VM, jax 0.10.2 CPU): 2.2-4.8 steps/s on one core pinned with taskset while the
 other core ran tests and benchmarks (about 6 steps/s with the machine to itself); 12,000 steps took 1 h 45 min.
 The grid: 5-7 s per cell (288 cells, 10 draws each), about 30 minutes. Results in
@@ -32,15 +32,16 @@ from experiments.configs import default
 
 def get_config():
   c = default.get_config()
-  c.task, c.n, c.alphabet, c.max_k = 'khop', 100, 4, 1
-  c.eval_k, c.error_over, c.test_size = 1, 'all', 100
-  c.depth, c.width, c.num_heads, c.mlp_ratio, c.causal, c.positional = 2, 128, 1, 4, True, 'learned'
-  c.attention, c.beta = 'unit_softmax', 1.0
-  c.steps, c.batch_size, c.learning_rate, c.weight_decay = 400_000, 32, 0.01, 0.0
-  c.warmup_steps, c.schedule = 1_000, 'constant'
-  c.log_every, c.eval_every, c.checkpoint_every, c.keep_checkpoints = 500, 5_000, 1_000, 2
-  c.sweep.depth, c.sweep.attention = (), ()
-  c.sweep.beta = (1.0, 0.1, 10.0)
+  c.task.name = 'khop'
+  c.task.khop.n, c.task.khop.alphabet, c.task.khop.max_k = 100, 4, 1
+  c.evaluation.k, c.evaluation.error_over, c.evaluation.test_size = 1, 'all', 100
+  c.model.update(dict(depth=2, width=128, num_heads=1, mlp_ratio=4, causal=True, positional='learned'))
+  c.attention.kind, c.attention.unit_softmax.beta = 'unit_softmax', 1.0
+  c.train.steps, c.train.batch_size, c.optim.learning_rate, c.optim.weight_decay = 400_000, 32, 0.01, 0.0
+  c.optim.warmup_steps, c.optim.schedule = 1_000, 'constant'
+  c.train.log_every, c.evaluation.every, c.train.checkpoint_every, c.train.keep_checkpoints = 500, 5_000, 1_000, 2
+  c.sweep.model.depth, c.sweep.attention.kind = (), ()
+  c.sweep.attention.unit_softmax.beta = (1.0, 0.1, 10.0)
   c.grid.tables_per_layer = (tuple(range(32, 97, 8)), tuple(range(4, 33, 4)))
   c.grid.hashes = (1, 2, 3, 4)
   c.grid.draws = 10

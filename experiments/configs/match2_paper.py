@@ -1,5 +1,6 @@
-"""Match2 as the paper ran it (Figure 1a; SPEC.md "Experiment 1"): train the unit_softmax surrogate once per
-beta, then evaluate its checkpoint with ANNA (Algorithm 1) over tables 1..16 x hashes 1..6 x 10 hash draws.
+"""Match2 as the paper ran it (Figure 1a; arXiv 2509.09001 section 6, experiment 1): train the unit_softmax
+surrogate once per beta, then evaluate its checkpoint with ANNA (Algorithm 1) over tables 1..16 x hashes 1..6 x
+10 hash draws.
 
 N = 32, M = 37; a fixed label-balanced training set of 10,000 sequences and 256 test sequences
 (`anna_jax.tasks.balanced_match2_tokens` documents the balancing); 1 layer, 1 head, m = 64, MLP 4m with GeLU;
@@ -21,14 +22,16 @@ from experiments.configs import default
 
 def get_config():
   c = default.get_config()
-  c.task, c.n, c.modulus = 'match2', 32, 37
-  c.train_size, c.test_size = 10_000, 256
-  c.depth, c.width, c.num_heads, c.mlp_ratio, c.causal, c.positional = 1, 64, 1, 4, False, 'none'
-  c.attention, c.beta = 'unit_softmax', 0.1
-  c.steps, c.batch_size, c.learning_rate, c.warmup_steps, c.weight_decay = 20_000, 32, 0.01, 500, 0.0
-  c.log_every, c.eval_every, c.checkpoint_every = 1_000, 5_000, 5_000
-  c.sweep.depth, c.sweep.attention = (), ()
-  c.sweep.beta = (0.1, 1.0, 10.0)
+  c.task.name = 'match2'
+  c.task.match2.n, c.task.match2.modulus = 32, 37
+  c.train.train_size, c.evaluation.test_size = 10_000, 256
+  c.model.update(dict(depth=1, width=64, num_heads=1, mlp_ratio=4, causal=False, positional='none'))
+  c.attention.kind, c.attention.unit_softmax.beta = 'unit_softmax', 0.1
+  c.train.steps, c.train.batch_size = 20_000, 32
+  c.optim.learning_rate, c.optim.warmup_steps, c.optim.weight_decay = 0.01, 500, 0.0
+  c.train.log_every, c.evaluation.every, c.train.checkpoint_every = 1_000, 5_000, 5_000
+  c.sweep.model.depth, c.sweep.attention.kind = (), ()
+  c.sweep.attention.unit_softmax.beta = (0.1, 1.0, 10.0)
   c.grid.tables_per_layer = (tuple(range(1, 17)),)
   c.grid.hashes = (1, 2, 3, 4, 5, 6)
   c.grid.draws = 10

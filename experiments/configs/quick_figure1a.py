@@ -1,4 +1,4 @@
-"""The README's main job (`make run`): a small Figure 1a in about 3 minutes on a 2-core CPU.
+"""The README's main job (`make run`): a small Figure 1a in about a minute on a 2-core CPU.
 
 Trains the Match2 unit_softmax surrogate (the paper's setup, match2_paper.py, with fewer steps and one beta),
 then evaluates its checkpoint with ANNA (Algorithm 1) over tables {1, 2, 4, 8, 16} x hashes {1, 2, 3} x 3 hash
@@ -10,9 +10,9 @@ from experiments.configs import match2_paper
 
 def get_config():
   c = match2_paper.get_config()
-  c.steps, c.warmup_steps = 3_000, 200
-  c.log_every, c.eval_every, c.checkpoint_every = 500, 3_000, 1_000
-  c.sweep.beta = (0.1,)
+  c.train.steps, c.optim.warmup_steps = 3_000, 200
+  c.train.log_every, c.evaluation.every, c.train.checkpoint_every = 500, 3_000, 1_000
+  c.sweep.attention.unit_softmax.beta = (0.1,)
   c.grid.tables_per_layer = ((1, 2, 4, 8, 16),)
   c.grid.hashes = (1, 2, 3)
   c.grid.draws = 3
