@@ -6,11 +6,12 @@ angular LSH as ANNA, `anna_jax.lsh`); the weights are a softmax of q.k / sqrt(d)
 ONCE (union, where Algorithm 1 counts a key once per colliding table). Per table and per (batch, head):
 
   1. sort queries and keys by the int32 key `bucket * n + position`,
-  2. cut the sorted queries into chunks of `chunk_size`. Not causal: each chunk reads a window of `window`
+  2. not causal: cut the sorted queries into chunks of `chunk_size`; each chunk reads a window of `window`
      sorted keys that starts at the first key of the chunk's lowest bucket. Causal: each query reads the
      `window` sorted keys that END at its own position in its bucket, i.e. the latest `window` keys of its
-     bucket at or before it; so what a query attends (and drops) depends on past tokens only, never on where
-     later tokens hash (a chunk-wide window would let a future token move a past query's window),
+     bucket at or before it, so what a query attends (and drops) depends on past tokens only, never on where
+     later tokens hash (a chunk-wide window would let a future token move a past query's window). Chunks then
+     cut the merged sorted order of keys and queries, so one load of window + chunk_size keys serves a chunk,
   3. inside the window keep only pairs whose buckets match (and the padding / causal masks),
   4. unsort, and merge the tables with a running logsumexp.
 
@@ -69,15 +70,24 @@ def check_sort_key(num_buckets, span):
 
 
 class Route(NamedTuple):
-  """Where one table puts the query and key slots of one (batch, head); int32 arrays of length n."""
-  q_order: jax.Array  # sorted position -> query slot
-  q_rank: jax.Array  # query slot -> sorted position
-  k_order: jax.Array
-  k_rank: jax.Array
-  q_window_start: jax.Array  # query slot -> first sorted key its window holds (its chunk's; causal: its own)
-  q_bucket: jax.Array  # bucket per query slot, padding -> sentinel
+  """Where one table puts the query and key slots of one (batch, head): the chunks of query slots and the block
+  of sorted keys each chunk loads (int32 unless said)."""
+  k_order: jax.Array  # (n,) sorted position -> key slot
+  k_rank: jax.Array  # (n,) key slot -> sorted position
+  q_window_start: jax.Array  # (n,) query slot -> first sorted key of its window (its chunk's; causal: its own)
+  q_bucket: jax.Array  # (n,) bucket per query slot, padding -> sentinel
   k_bucket: jax.Array
-  collisions: jax.Array  # per query slot: keys sharing its bucket (after masks)
+  collisions: jax.Array  # (n,) per query slot: keys sharing its bucket (after masks)
+  chunk_queries: jax.Array  # (chunks, chunk) query slots, in sorted order
+  chunk_live: jax.Array  # (chunks, chunk) bool: a query is there (causal chunks also hold key places)
+  chunk_key_start: jax.Array  # (chunks,) first sorted key the chunk loads
+  q_place: jax.Array  # (n,) query slot -> its place among the chunks (flattened)
+
+
+def load_width(chunk, window, n_keys, causal):
+  """Sorted keys one chunk loads: its window; causal, the windows of up to `chunk` queries whose ends lie at
+  most `chunk` keys apart (see `route`)."""
+  return min(window + chunk, n_keys) if causal else window
 
 
 def _sort_slots(keys, span, slots_are_positions):
@@ -108,60 +118,70 @@ def route(q_bucket, k_bucket, q_valid, k_valid, q_position, k_position, *, span,
   k_rank = jnp.zeros_like(slot).at[k_order].set(slot)
   # Exact number of keys colliding with each query in this table, from the sorted keys alone.
   first = searchsorted(k_keys, q_bucket * span, side='left')
+  n_q = q_bucket.shape[0]
   if causal:
     last = searchsorted(k_keys, q_bucket * span + q_position, side='right')  # just past the query's own place
-    # The window ends where the query stands in its bucket: its past only (keys after `last` are masked out).
+    # A query's window is the `window` sorted keys ending at its own place in its bucket: its past only (the
+    # ones after `last` are masked out), never moved by where later tokens hash.
     q_window_start = jnp.clip(last - window, 0, n_keys - window).astype(jnp.int32)
+    # Chunks cut the MERGED sorted order of keys and queries (a key before the query at its own position): a
+    # chunk of `chunk` places holds at most `chunk` keys, so its queries' windows end at most `chunk` keys apart
+    # and one load of window + chunk sorted keys holds all of them.
+    q_place = (q_rank + last).astype(jnp.int32)  # place in the merged order
+    places = n_q + n_keys
+    chunk_live = jnp.zeros(places, bool).at[q_place].set(True)
+    chunk_queries = jnp.zeros(places, jnp.int32).at[q_place].set(slot)
+    keys_before = jnp.arange(0, places, chunk) - (jnp.cumsum(chunk_live) - chunk_live)[::chunk]
+    load = load_width(chunk, window, n_keys, causal)
+    chunk_key_start = jnp.clip(keys_before - window, 0, n_keys - load).astype(jnp.int32)
   else:
     last = searchsorted(k_keys, (q_bucket + 1) * span, side='left')
+    # Chunks of sorted queries; each reads the window that starts at the first key of its lowest bucket.
     chunk_bucket = q_keys[::chunk] // span
-    window_start = searchsorted(k_keys, chunk_bucket * span, side='left').astype(jnp.int32)
-    q_window_start = jnp.clip(window_start, 0, n_keys - window)[q_rank // chunk]
+    chunk_key_start = jnp.clip(searchsorted(k_keys, chunk_bucket * span, side='left'), 0,
+                               n_keys - window).astype(jnp.int32)
+    q_place, chunk_queries = q_rank, q_order
+    chunk_live = jnp.ones(n_q, bool)
+    q_window_start = chunk_key_start[q_rank // chunk]
   collisions = jnp.where(q_valid, last - first, 0)
-  return Route(q_order, q_rank, k_order, k_rank, q_window_start, q_bucket, k_bucket, collisions)
+  return Route(k_order, k_rank, q_window_start, q_bucket, k_bucket, collisions, chunk_queries.reshape(-1, chunk),
+               chunk_live.reshape(-1, chunk), chunk_key_start, q_place)
 
 
 def table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, counted_before, *, chunk, window,
                     causal, weighting, scale, plan='cpu'):
   """One table's bucket-masked window attention for one (batch, head), in query-slot order.
 
-  counted_before(q_slot (chunk,), k_slot (chunk or 1, window)) -> (chunk, window) bool mask of the pairs an earlier
-  table already counted. Returns (max, numerator, denominator) per query slot for the logsumexp merge, and the
-  number of in-window pairs.
+  counted_before(q_slot (chunk,), k_slot (load,)) -> (chunk, load) bool mask of the pairs an earlier table already
+  counted. Returns (max, numerator, denominator) per query slot for the logsumexp merge, and the number of
+  in-window pairs.
   """
   n, d = q.shape
-  q_slots = r.q_order.reshape(n // chunk, chunk)
-  starts = r.q_window_start[q_slots]  # (n_chunks, chunk)
-  # Not causal, a chunk shares one window: (n_chunks, 1, window) slots; causal, each query has its own.
-  starts = starts[..., None] if causal else starts[:, :1, None]
-  k_slots = r.k_order[starts + jnp.arange(window)]
+  load = load_width(chunk, window, k.shape[0], causal)
+  k_slots = r.k_order[r.chunk_key_start[:, None] + jnp.arange(load)]  # (chunks, load)
 
-  def one_chunk(slots):
-    q_slot, k_slot = slots  # (chunk,), (chunk or 1, window)
-    allowed = r.q_bucket[q_slot][:, None] == r.k_bucket[k_slot]
-    allowed &= q_valid[q_slot][:, None] & k_valid[k_slot]
-    if causal:
-      allowed &= k_position[k_slot] <= q_position[q_slot][:, None]
+  def one_chunk(xs):
+    q_slot, live, key_start, k_slot = xs
+    allowed = (r.q_bucket[q_slot][:, None] == r.k_bucket[k_slot][None, :]) & live[:, None]
+    allowed &= q_valid[q_slot][:, None] & k_valid[k_slot][None, :]
+    if causal:  # each query only its own window of the chunk's load, and its past
+      rank = key_start + jnp.arange(load) - r.q_window_start[q_slot][:, None]
+      allowed &= (rank >= 0) & (rank < window) & (k_position[k_slot][None, :] <= q_position[q_slot][:, None])
     new = allowed & ~counted_before(q_slot, k_slot)
-    if causal:  # per-query windows: one dot product per (query, key)
-      values = v[k_slot]  # (chunk, window, d)
-      scores = jnp.einsum('cd,cwd->cw', q[q_slot], k[k_slot]) * scale
-    else:  # one window per chunk: a (chunk, d) x (d, window) product
-      values = v[k_slot[0]]
-      scores = q[q_slot] @ k[k_slot[0]].T * scale
     if weighting == 'softmax':
+      scores = q[q_slot] @ k[k_slot].T * scale
       m = jax.lax.stop_gradient(jnp.max(jnp.where(new, scores, NEG), axis=-1))
       p = jnp.exp(jnp.where(new, scores - m[:, None], NEG))  # where inside exp: finite grads
     else:
       m = jnp.zeros((chunk,), q.dtype)
       p = new.astype(q.dtype)
-    numerator = jnp.einsum('cw,cwd->cd', p, values) if causal else p @ values
-    return m, numerator, jnp.sum(p, axis=-1), jnp.sum(allowed, dtype=jnp.float32)
+    return m, p @ v[k_slot], jnp.sum(p, axis=-1), jnp.sum(allowed, dtype=jnp.float32)
 
   # Chunks run in groups whose score tiles stay cache-sized: the cost stays linear in n.
-  m, num, den, in_window = plans.map_rows(one_chunk, (q_slots, k_slots), plan,
-                                          batch_size=plans.chunks_per_step(chunk, window))
-  return (m.reshape(n)[r.q_rank], num.reshape(n, d)[r.q_rank], den.reshape(n)[r.q_rank]), jnp.sum(in_window)
+  m, num, den, in_window = plans.map_rows(one_chunk, (r.chunk_queries, r.chunk_live, r.chunk_key_start, k_slots),
+                                          plan, batch_size=plans.chunks_per_step(chunk, load))
+  place = r.q_place
+  return (m.reshape(-1)[place], num.reshape(-1, d)[place], den.reshape(-1)[place]), jnp.sum(in_window)
 
 
 def merge(acc, part):
@@ -203,7 +223,7 @@ def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_bucke
 
     def seen_earlier(q_slot, k_slot):
       # Union semantics: a pair an earlier table attended is not counted again, so each key counts once.
-      offset = k_code[:, k_slot] - q_code_before[:, q_slot][:, :, None]
+      offset = k_code[:, k_slot][:, None, :] - q_code_before[:, q_slot][:, :, None]
       return jnp.any(jax.lax.bitcast_convert_type(offset, jnp.uint32) < window, axis=0)  # 0 <= offset < window
 
     part, in_window = table_attention(q, k, v, r, q_valid, k_valid, position, position, seen_earlier,

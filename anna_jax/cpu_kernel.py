@@ -180,7 +180,7 @@ def serves(plan, n, num_ids):
 def bucket_ids(q, k, projections, family, block_size=2048):
   """`lsh.bucket_ids` for the CPU plan: hyperplane codes by the kernel, cross-polytope codes by XLA
   block_size tokens at a time."""
-  if family == 'hyperplane' and available():  # `serves` has checked that the code space fits int32
+  if family == 'hyperplane':  # `serves` has checked the library and that the code space fits int32
     return hyperplane_codes(q, projections), hyperplane_codes(k, projections), lsh.code_space(projections, family)
   return lsh.bucket_ids(q, k, projections, family, block_size=block_size)
 

@@ -146,7 +146,7 @@ def _attend_received(q, k, v, q_buckets, k_buckets, q_valid, k_valid, q_position
 
   def collided_earlier(q_slot, k_slot):
     earlier = jnp.arange(q_buckets.shape[1]) < t
-    same = q_buckets[q_slot][:, None, :] == k_buckets[k_slot]  # (chunk, chunk or 1, window, tables)
+    same = q_buckets[q_slot][:, None, :] == k_buckets[k_slot][None, :, :]
     return jnp.any(same & earlier, axis=-1)
 
   part, in_window = table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, collided_earlier,

@@ -7,14 +7,13 @@ Benchmark kinds are the library's kinds, plus `full_cudnn` (kind 'full' with imp
 import dataclasses
 import math
 
-import jax
 from flax import nnx
 
 from anna_jax import oracle
 from anna_jax.anna import ANNAConfig
 from anna_jax.anna_softmax import ANNASoftmaxConfig
 from anna_jax.attention import AttentionConfig, make_attention
-from anna_jax.baselines import BlockwiseConfig, FullConfig, LowRankConfig
+from anna_jax.baselines import BlockwiseConfig, FullConfig, LowRankConfig, unit_norm
 from anna_jax.reformer import ReformerConfig
 
 KINDS = ('anna', 'anna_softmax', 'reformer', 'lowrank', 'full', 'full_blockwise', 'full_cudnn')
@@ -150,6 +149,4 @@ def make_kind(kind, n, key, s):
 
 def keys_of(kind, q, k):
   """The keys a kind's quality reference scores against: Reformer's are its unit-normalised queries."""
-  if kind != 'reformer':
-    return k
-  return q / jax.numpy.linalg.norm(q.astype('float32'), axis=-1, keepdims=True).astype(q.dtype)
+  return unit_norm(q) if kind == 'reformer' else k

@@ -37,6 +37,13 @@ ATTENTION_SECTIONS = {'full': FullConfig, 'full_blockwise': BlockwiseConfig, 'un
 MODEL_FIELDS = ('depth', 'width', 'num_heads', 'mlp_ratio', 'positional', 'causal')  # the rest comes from the task
 
 
+def check_at_least(section, config, minimum, names):
+  """ValueError naming the first of `names` whose value on `config` is below `minimum`."""
+  for name in names:
+    if getattr(config, name) < minimum:
+      raise ValueError(f'{section}.{name} must be >= {minimum}, got {getattr(config, name)}')
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   steps: int = 1000
@@ -48,12 +55,8 @@ class TrainConfig:
   keep_checkpoints: int = 2  # checkpoints kept on disk
 
   def __post_init__(self):
-    for name in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
-      if getattr(self, name) < 1:
-        raise ValueError(f'train.{name} must be >= 1, got {getattr(self, name)}')
-    if self.train_size < 0 or self.num_devices < 0:
-      raise ValueError(f'train.train_size and train.num_devices must be >= 0, got {self.train_size}, '
-                       f'{self.num_devices}')
+    check_at_least('train', self, 1, ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'))
+    check_at_least('train', self, 0, ('train_size', 'num_devices'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +88,8 @@ class EvalConfig:
   def __post_init__(self):
     if self.attention and self.attention not in KINDS:
       raise ValueError(f'evaluation.attention must be empty or one of {KINDS}, got {self.attention!r}')
-    if self.every < 1 or self.batches < 1 or self.test_size < 0:
-      raise ValueError(f'need evaluation.every >= 1, evaluation.batches >= 1 and evaluation.test_size >= 0, got '
-                       f'{self.every}, {self.batches}, {self.test_size}')
+    check_at_least('evaluation', self, 1, ('every', 'batches'))
+    check_at_least('evaluation', self, 0, ('test_size',))
     if self.error_over not in ('answers', 'all'):
       raise ValueError(f"evaluation.error_over must be 'answers' or 'all', got {self.error_over!r}")
 
@@ -104,10 +106,6 @@ class GridConfig:
       raise ValueError('grid tables must be >= 1')
     if (self.hashes and min(self.hashes) < 0) or self.draws < 1:
       raise ValueError('grid hashes must be >= 0 and grid.draws >= 1')
-
-  @property
-  def enabled(self):
-    return bool(self.tables_per_layer and self.hashes)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,10 +47,9 @@ def cells(grid):
 
 
 def cell_settings(x):
-  """Everything besides (run, step, tables, z) that a cell's numbers depend on: the draws and their seed, the run's
-  fields (task, model, test set, ...) and anna's hashing section (family, d', loop plan)."""
-  return {'draws': x.grid.draws, 'grid_seed': x.grid.seed,
-          **{k: v for k, v in x.fields.items() if not k.startswith('attention.') or k.startswith('attention.anna.')}}
+  """Everything besides (run, step, tables, z) that a cell's numbers depend on: the draws and their seed, and
+  every field the run reads (they made its weights and its test set; anna's section gives the family, d' and plan)."""
+  return {'draws': x.grid.draws, 'grid_seed': x.grid.seed, **x.fields}
 
 
 def cell_key(run, step, tables, z, settings):
