@@ -136,6 +136,7 @@ def run_grid(config, workdir, points=None):
              'mean': float(np.mean(errors)), 'std': float(np.std(errors)), 'errors': errors,
              'no_collision_fraction': float(np.mean(lonely)), 'surrogate_error': evaluator.surrogate_error,
              'settings': settings}
+      row = json.loads(json.dumps(row, default=str))  # as grid.jsonl holds it: a resumed grid returns the same rows
       rows = [r for r in rows if not same_cell(r, row)] + [row]  # a cell evaluated anew replaces its old row
       done.add(key)
       write_atomic(path, ''.join(json.dumps(r, sort_keys=True, default=str) + '\n' for r in rows))
