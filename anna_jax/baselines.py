@@ -102,13 +102,35 @@ def lowrank_attention(q, k, v, features, *, mask=None, causal=False):
   # No epsilon on phi(k): it would not cancel with the key stabiliser and would leak the future when causal.
   phi_k = jnp.exp(log_k) / num_features**0.5 * valid[:, :, None, None]
   if causal:
-    kv = jnp.cumsum(jnp.einsum('bnhm,bnhd->bnhmd', phi_k, v), axis=1)
-    out = jnp.einsum('bnhm,bnhmd->bnhd', phi_q, kv)
-    norm = jnp.einsum('bnhm,bnhm->bnh', phi_q, jnp.cumsum(phi_k, axis=1))
+    out, norm = causal_linear(phi_q, phi_k, v)
   else:
     out = jnp.einsum('bnhm,bhmd->bnhd', phi_q, jnp.einsum('bnhm,bnhd->bhmd', phi_k, v))
     norm = jnp.einsum('bnhm,bhm->bnh', phi_q, jnp.sum(phi_k, axis=1))
   return out / jnp.maximum(norm, 1e-30)[..., None] * valid[:, :, None, None]
+
+
+def causal_linear(phi_q, phi_k, v, block=64):
+  """Causal sum_{j <= i} phi_q(i).phi_k(j) v_j and its normaliser, blockwise: a masked product inside each block
+  of `block` tokens and prefix sums of per-block (m x d) states between blocks. A running (n, m, d) cumsum does
+  the same work but is far slower on CPU: the k-hop model (N = 32, depth 3, m = 64) trained at 5.0 steps/s
+  with it and 23.5 steps/s blockwise (2-core CPU, 2026-12-02)."""
+  batch, n, heads, features = phi_q.shape
+  block = min(block, n)
+  pad = -n % block
+  phi_q, phi_k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (phi_q, phi_k, v))  # phi_k pads 0
+
+  def blocks(x):
+    return x.reshape(batch, -1, block, heads, x.shape[-1])
+
+  phi_q, phi_k, v = blocks(phi_q), blocks(phi_k), blocks(v)
+  inside = jnp.einsum('bcqhm,bckhm->bchqk', phi_q, phi_k) * jnp.tril(jnp.ones((block, block), phi_q.dtype))
+  states = jnp.einsum('bckhm,bckhd->bchmd', phi_k, v)
+  before = jnp.cumsum(states, axis=1) - states  # the blocks before each block
+  key_sums = jnp.sum(phi_k, axis=2)
+  key_sums_before = jnp.cumsum(key_sums, axis=1) - key_sums
+  out = jnp.einsum('bchqk,bckhd->bcqhd', inside, v) + jnp.einsum('bcqhm,bchmd->bcqhd', phi_q, before)
+  norm = jnp.sum(inside, axis=-1).transpose(0, 1, 3, 2) + jnp.einsum('bcqhm,bchm->bcqh', phi_q, key_sums_before)
+  return out.reshape(batch, -1, heads, v.shape[-1])[:, :n], norm.reshape(batch, -1, heads)[:, :n]
 
 
 def full_blockwise_attention(q, k, v, *, mask=None, causal=False, block=512):

@@ -59,7 +59,7 @@ def test_anna_equals_dense_oracle_outputs_and_gradients(causal, weighting, maske
 def test_one_head_per_step_equals_batched_heads(monkeypatch):
   # Long sequences run the (batch, head) loop one head at a time; force that path at a small n.
   n = 40
-  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16)
+  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16, dense_up_to=0)
   q, k, v, proj = setup(n, config, seed=4)
   mask = padding_mask(n, [40, 29])
 
@@ -102,10 +102,10 @@ def test_union_semantics_each_key_counted_once():
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('causal', [False, True])
-def test_collision_count_matches_dense_count(causal):
+@pytest.mark.parametrize('causal, dense_up_to', [(False, 0), (True, 0), (True, 256)])
+def test_collision_count_matches_dense_count(causal, dense_up_to):
   n = 40
-  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=8)
+  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=8, dense_up_to=dense_up_to)
   q, k, v, proj = setup(n, config, seed=1)
   mask = padding_mask(n, [40, 25])
   _, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
@@ -139,11 +139,13 @@ def attended_by_windows(q_buckets, k_buckets, chunk, window, causal=False):
 
 
 @pytest.mark.parametrize('weighting, causal', [('softmax', False), ('uniform', False), ('softmax', True)])
-def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting, causal):
+@pytest.mark.parametrize('dense_up_to', [0, 256])  # the sorted chunks, and the dense layout of the same windows
+def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting, causal, dense_up_to):
   # Windows far smaller than the buckets: most collisions are dropped, and a pair dropped by one table but
   # attended by another must still count, exactly once.
   n = 64
-  config = ANNAConfig(num_tables=3, num_hashes=1, chunk_size=8, window=8, weighting=weighting)
+  config = ANNAConfig(num_tables=3, num_hashes=1, chunk_size=8, window=8, weighting=weighting,
+                      dense_up_to=dense_up_to)
   q, k, v, proj = setup(n, config, seed=6)
   out, stats = anna_attention(q, k, v, proj, config, causal=causal)
   assert float(stats.dropped_fraction) > 0.4
@@ -166,8 +168,8 @@ def test_causal_with_heavy_dropping_never_reads_the_future():
   q, k, v, proj = setup(n, config, heads=2, dim=16, seed=3)
   future = qkv(n, heads=2, dim=16, seed=13)
   changed = [jnp.where(jnp.arange(n)[None, :, None, None] > cut, f, x) for x, f in zip((q, k, v), future)]
-  for plan in ('cpu', 'accelerator'):
-    planned = dataclasses.replace(config, loop_plan=plan)
+  for plan, dense_up_to in (('cpu', 0), ('accelerator', 0), ('cpu', n)):  # sorted chunks both ways, dense
+    planned = dataclasses.replace(config, loop_plan=plan, dense_up_to=dense_up_to)
     before, stats = anna_attention(q, k, v, proj, planned, causal=True)
     after, _ = anna_attention(*changed, proj, planned, causal=True)
     assert float(stats.dropped_fraction) > 0.5  # most collisions fall outside the windows
