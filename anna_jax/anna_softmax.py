@@ -17,7 +17,7 @@ ONCE (union, where Algorithm 1 counts a key once per colliding table). Per table
 
 Loop plans (`loop_plan`, `anna_jax.plans`): on CPU ('cpu') the (batch, head) rows and the chunks run in loops
 sized to stay in cache; on GPU/TPU ('accelerator') rows and chunks are batched into a few large kernels (vmap)
-and the only loop is the scan over tables. Short sequences (padded length <= `dense_up_to`) take the dense
+and the only loop is the scan over tables. Short sequences (length <= `dense_up_to`) take the dense
 layout on either: the same windows tested for every pair at once. All compute the same outputs.
 
 A pair seen in an earlier table is masked out of later ones (union semantics). Nothing of size n x n is built:
@@ -45,10 +45,12 @@ class ANNASoftmaxConfig(ANNAConfig):
   chunk_size: int = 64  # sorted queries per chunk
   window: int = 128  # sorted keys each chunk (causal: each query) reads, clipped to the padded length
   weighting: str = 'softmax'  # 'softmax' or 'uniform' over the colliding keys
-  # Padded lengths up to this take the dense layout: per table, every (query, key) pair is tested against the
+  # Lengths up to this take the dense layout: per table, every (query, key) pair is tested against the
   # same windows, in one masked product (same pairs, so the same outputs); short sequences spend less on
-  # sorting, gathers and loops. 0: never. 256 measured best on a 2-core CPU (see `dense_attention`).
-  dense_up_to: int = 256
+  # sorting, gathers and loops. 0: never. Causal train steps (b 32, 4 heads of 16, l 4, z 3, window 64) at 257
+  # and 513 tokens took 96 and 400 ms dense against 709 ms and 1.22 s sorted (2-core CPU, 2026-12-02); the
+  # dense layout's memory grows as n^2, so longer sequences stay sorted.
+  dense_up_to: int = 512
 
   def validate(self):
     super().validate()  # checks loop_plan too
@@ -219,23 +221,59 @@ def in_windows(q_code, k_code, window):
   return jax.lax.bitcast_convert_type(offset, jnp.uint32) < window
 
 
+def keys_up_to(q_buckets, k_buckets, k_valid, num_buckets):
+  """Per table, the valid keys of a slot's bucket at positions <= the slot: (for each query, for each key).
+  Few buckets: prefix counts per bucket by one product with a triangular matrix; many: an (n, n) comparison
+  and reduction per table, which is slower (causal forward, b 32, 4 heads of 16, l 4, z 3, n 128, window 64:
+  51 ms by comparison, 9.8 ms by the product; 2-core CPU, 2026-12-02)."""
+  n = k_buckets.shape[-1]
+  up_to = jnp.arange(n)[None, :] <= jnp.arange(n)[:, None]  # [x, p]: p <= x
+  if num_buckets > n:
+    def count(buckets):
+      same = (buckets[:, :, None] == k_buckets[:, None, :]) & k_valid[None, None, :]
+      return jnp.sum(same & up_to, axis=-1)
+    return count(q_buckets), count(k_buckets)
+  one_hot = (k_buckets[:, :, None] == jnp.arange(num_buckets)) & k_valid[None, :, None]  # (tables, n, buckets)
+  prefix = jnp.einsum('xp,tpb->txb', up_to.astype(jnp.float32), one_hot.astype(jnp.float32))  # exact below 2**24
+
+  def count(buckets):
+    return jnp.take_along_axis(prefix, buckets[..., None], axis=-1)[..., 0].astype(jnp.int32)
+  return count(q_buckets), count(k_buckets)
+
+
 def dense_attention(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_buckets, chunk, window, causal,
-                    weighting, scale, plan):
-  """The dense layout of `_anna_one_head` for short sequences: the same routes, windows and union, but every
-  (query, key) pair of every table tested at once and one masked product, with no chunk loop or gather. Train
-  steps of the k-hop model (b 32, 4 heads of 16, l 4, z 2, N 32, depth 3) ran 5.9/s with the sorted CPU plan,
-  4.2/s with the accelerator plan and 61/s dense; dense stayed ahead up to N = 256 (2-core CPU, 2026-12-02)."""
+                    weighting, scale):
+  """The dense layout of `_anna_one_head` for short sequences: the same windows and union, but every (query,
+  key) pair of every table tested at once (window membership counted, not sorted) and one masked product: no
+  sort, loop or gather. O(tables * n^2) work and memory per (batch, head), so only for short sequences."""
   n = q.shape[0]
   position = jnp.arange(n, dtype=jnp.int32)
   same_bucket = (q_buckets[:, :, None] == k_buckets[:, None, :]) & (q_valid[:, None] & k_valid[None, :])
   if causal:
     same_bucket &= position[None, :] <= position[:, None]
   pairs = same_bucket  # (tables, n, n): the pairs each table attends
-  if window < n:  # else every window holds every key
-    route_table = functools.partial(route, q_valid=q_valid, k_valid=k_valid, q_position=position,
-                                    k_position=position, span=n, num_buckets=num_buckets, chunk=chunk,
-                                    window=window, causal=causal, slots_are_positions=True, plan=plan)
-    pairs &= in_windows(*window_codes(jax.vmap(route_table)(q_buckets, k_buckets), n), window)
+  if window < n and causal:
+    # A query's window holds the latest `window` keys of its bucket at or before it: j is in it iff fewer than
+    # `window` keys of the bucket lie at positions j+1..i, i.e. keys_to_i - keys_to_j < window, where keys_to_x
+    # counts the keys of the bucket at positions <= x.
+    keys_to_i, keys_to_j = keys_up_to(q_buckets, k_buckets, k_valid, num_buckets)
+    pairs &= (keys_to_i[:, :, None] - keys_to_j[:, None, :]) < window
+  elif window < n:
+    # Chunks of `chunk` queries in (bucket, position) order share a window of `window` keys in that order,
+    # from the first key of the chunk's lowest bucket; orders and starts are counted, not sorted.
+    q_bucket = jnp.where(q_valid, q_buckets, num_buckets)  # padding sorts last, as in `route`
+    k_bucket = jnp.where(k_valid, k_buckets, num_buckets)
+
+    def sorted_rank(bucket):  # (tables, n): how many slots sort before each
+      key = bucket * n + position
+      return jnp.sum(key[:, None, :] < key[:, :, None], axis=-1)
+
+    q_chunk = sorted_rank(q_bucket) // chunk
+    lowest = jax.vmap(lambda b, c: jax.ops.segment_min(b, c, num_segments=n // chunk))(q_bucket, q_chunk)
+    start = jnp.sum(k_bucket[:, None, :] < lowest[:, :, None], axis=-1)  # first key of the lowest bucket
+    start = jnp.take_along_axis(jnp.minimum(start, n - window), q_chunk, axis=-1)  # (tables, n) per query
+    offset = sorted_rank(k_bucket)[:, None, :] - start[:, :, None]
+    pairs &= (offset >= 0) & (offset < window)
   allowed = jnp.any(pairs, axis=0)  # union: each key once
   if weighting == 'softmax':
     scores = q @ k.T * scale
@@ -294,8 +332,8 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
   num_buckets = lsh.code_space(projections, config.family)
   chunk = config.chunk_size
   n_pad = -(-n // chunk) * chunk
-  dense = n_pad <= config.dense_up_to
-  if dense and config.window >= n:  # every window holds every key: nothing to chunk, so no padding to chunks
+  dense = n <= config.dense_up_to
+  if dense and (causal or config.window >= n):  # per-query windows, or all keys: no chunks to pad to
     n_pad = n
   window = min(config.window, n_pad)
   check_sort_key(num_buckets, n_pad)
@@ -310,9 +348,10 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
     valid = jnp.pad(valid, ((0, 0), (0, pad)))
 
   plan = plans.resolve(config.loop_plan)
-  attend_row = functools.partial(dense_attention if dense else _anna_one_head, num_buckets=num_buckets,
-                                 chunk=chunk, window=window, causal=causal, weighting=config.weighting,
-                                 scale=1.0 / math.sqrt(dim), plan=plan)
+  layout = dict(num_buckets=num_buckets, chunk=chunk, window=window, causal=causal, weighting=config.weighting,
+                scale=1.0 / math.sqrt(dim))
+  attend_row = (functools.partial(dense_attention, **layout) if dense else
+                functools.partial(_anna_one_head, plan=plan, **layout))
   if dense or plan == 'accelerator':  # every (batch, head) row in one batched computation
     def rows(x):
       return jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * heads, n_pad, dim)

@@ -33,6 +33,7 @@ class Settings:
   num_hashes: int = 0  # anna_softmax: 0 = log2(n / 8), capped so the int32 sort key fits
   chunk_size: int = 32  # anna_softmax
   window: int = 64  # anna_softmax
+  dense_up_to: int = 512  # anna_softmax: padded lengths up to this take the dense layout; 0: never
   reformer_rounds: int = 8
   reformer_chunk: int = 64  # buckets = n / chunk (mean bucket one chunk, as in the Reformer paper)
   block: int = 512  # full_blockwise
@@ -75,7 +76,8 @@ def attention_config(kind, n, s):
     return AttentionConfig(kind='anna', anna=ANNAConfig(num_tables=s.num_tables, num_hashes=anna_hashes(s, n)))
   if kind == 'anna_softmax':
     return AttentionConfig(kind='anna_softmax', anna_softmax=ANNASoftmaxConfig(
-        num_tables=s.num_tables, num_hashes=anna_softmax_hashes(s, n), chunk_size=s.chunk_size, window=s.window))
+        num_tables=s.num_tables, num_hashes=anna_softmax_hashes(s, n), chunk_size=s.chunk_size, window=s.window,
+        dense_up_to=s.dense_up_to))
   if kind == 'reformer':
     buckets = max(2, 2 * round(n / s.reformer_chunk / 2))
     return AttentionConfig(kind='reformer', reformer=ReformerConfig(

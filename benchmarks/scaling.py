@@ -57,6 +57,8 @@ _HASHES = flags.DEFINE_integer('num_hashes', 0, 'anna_softmax: hashes per table;
                                'about 8 keys, so few overflow the window), capped so the int32 sort key fits.')
 _CHUNK = flags.DEFINE_integer('chunk_size', 32, 'anna_softmax: queries per chunk.')
 _WINDOW = flags.DEFINE_integer('window', 64, 'anna_softmax: keys per chunk window.')
+_DENSE = flags.DEFINE_integer('dense_up_to', 512, 'anna_softmax: padded lengths up to this take the dense '
+                               'layout (every pair of the same windows at once); 0: never.')
 _ROUNDS = flags.DEFINE_integer('reformer_rounds', 8, 'reformer: hashing rounds (n_hashes).')
 _REFORMER_CHUNK = flags.DEFINE_integer('reformer_chunk', 64, 'reformer: chunk size; buckets = n / chunk '
                                        '(mean bucket one chunk, as in the Reformer paper).')
@@ -81,7 +83,8 @@ def settings_from_flags():
   """The Settings the flags ask for (ValueError for a value out of range)."""
   return Settings(batch=_BATCH.value, heads=_HEADS.value, head_dim=_HEAD_DIM.value, dtype=_DTYPE.value,
                   num_tables=_TABLES.value, anna_hashes=_ANNA_HASHES.value, num_hashes=_HASHES.value,
-                  chunk_size=_CHUNK.value, window=_WINDOW.value, reformer_rounds=_ROUNDS.value,
+                  chunk_size=_CHUNK.value, window=_WINDOW.value, dense_up_to=_DENSE.value,
+                  reformer_rounds=_ROUNDS.value,
                   reformer_chunk=_REFORMER_CHUNK.value, block=_BLOCK.value, lowrank_features=_FEATURES.value,
                   quality_queries=_QUALITY_QUERIES.value, repeats=_REPEATS.value, warmup=_WARMUP.value,
                   max_call_seconds=_MAX_CALL.value, seed=_SEED.value, causal=_CAUSAL.value)

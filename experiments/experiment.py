@@ -97,12 +97,15 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class GridConfig:
   tables_per_layer: tuple = ()  # one tuple of table counts per layer, e.g. ((1, 2, 4),) for one layer
+  tables_every_layer: tuple = ()  # or: table counts given to every layer at once (sweeps over depth)
   hashes: tuple = ()  # hashes per table (z)
   draws: int = 10  # fresh hash functions per cell: mean and std over them
   seed: int = 0  # draw d of every cell uses hash seed (seed, d)
 
   def __post_init__(self):
-    if self.tables_per_layer and min(min(t) for t in self.tables_per_layer) < 1:
+    if self.tables_per_layer and self.tables_every_layer:
+      raise ValueError('set grid.tables_per_layer or grid.tables_every_layer, not both')
+    if min((min(t) for t in self.tables_per_layer + (self.tables_every_layer,) if t), default=1) < 1:
       raise ValueError('grid tables must be >= 1')
     if (self.hashes and min(self.hashes) < 0) or self.draws < 1:
       raise ValueError('grid hashes must be >= 0 and grid.draws >= 1')
@@ -190,7 +193,7 @@ def kinds_used(c):
   kinds = {c.attention.kind, *(layer.get('kind', c.attention.kind) for layer in c.attention.per_layer)}
   if c.evaluation.attention:
     kinds.add(c.evaluation.attention)
-  if c.grid.tables_per_layer and c.grid.hashes:
+  if (c.grid.tables_per_layer or c.grid.tables_every_layer) and c.grid.hashes:
     kinds.add('anna')
   return kinds
 
@@ -244,7 +247,8 @@ def build(c):
   optim = OptimConfig(**c.optim)
   evaluation = EvalConfig(**c.evaluation)
   grid = GridConfig(tables_per_layer=tuple(tuple(t) for t in c.grid.tables_per_layer),
-                    hashes=tuple(c.grid.hashes), draws=c.grid.draws, seed=c.grid.seed)
+                    tables_every_layer=tuple(c.grid.tables_every_layer), hashes=tuple(c.grid.hashes),
+                    draws=c.grid.draws, seed=c.grid.seed)
   model = model_config(c, task)
   eval_model = model_config(c, task, kind=evaluation.attention) if evaluation.attention else model
   if optim.warmup_steps > train.steps:

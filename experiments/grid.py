@@ -33,17 +33,19 @@ from experiments.summaries import SummaryWriter
 def validate(config):
   """[(name, Experiment)] of the sweep's runs, checked to have a grid to evaluate."""
   grid = config.grid
-  if not grid.tables_per_layer or not grid.hashes:
-    raise ValueError('the config has no grid: set grid.tables_per_layer and grid.hashes')
+  if not (grid.tables_per_layer or grid.tables_every_layer) or not grid.hashes:
+    raise ValueError('the config has no grid: set grid.tables_per_layer (or grid.tables_every_layer) and grid.hashes')
   points = sweep.validate(config)
   if not all(x.evaluation.test_size for _, x in points):
     raise ValueError('the grid evaluates a fixed test set: set evaluation.test_size > 0')
   return points
 
 
-def cells(grid):
+def cells(grid, depth):
   """(tables per layer, hashes) in a fixed order."""
-  return [(tuple(tables), z) for tables in itertools.product(*grid.tables_per_layer) for z in grid.hashes]
+  per_layer = grid.tables_per_layer or [(t,) * depth for t in grid.tables_every_layer]
+  tables = itertools.product(*per_layer) if grid.tables_per_layer else per_layer
+  return [(tuple(t), z) for t in tables for z in grid.hashes]
 
 
 def cell_settings(x):
@@ -78,10 +80,12 @@ class RunEvaluator:
     model, _ = nnx.merge(self.trainer.graphdef, state)
     self.params = nnx.state(model, nnx.Param)
     self.test_set = self.trainer.test_set
+    self.max_k = x.task.max_k if x.task.name == 'khop' else None  # k-hop cells count errors per k
     self.surrogate_error = self.error(model)[0]
 
   def error(self, model):
-    metrics = jax.device_get(jax.jit(lambda m, batch: train.loss_and_metrics(m, batch)[1])(model, self.test_set))
+    metrics = jax.device_get(jax.jit(lambda m, batch: train.loss_and_metrics(m, batch, self.max_k)[1])(
+        model, self.test_set))
     return int(metrics['wrong']) / max(int(metrics['counted']), 1), metrics
 
   def cell(self, tables, z, draws, seed):
@@ -95,14 +99,16 @@ class RunEvaluator:
 
     @jax.jit  # compiled once per cell, reused by every draw
     def evaluate(rest, batch):
-      return train.loss_and_metrics(nnx.merge(graphdef, self.params, rest), batch)[1]
+      return train.loss_and_metrics(nnx.merge(graphdef, self.params, rest), batch, self.max_k)[1]
 
-    errors, lonely = [], []
+    errors, lonely, by_k = [], [], []
     for d in range(draws):
       metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
       errors.append(int(metrics['wrong']) / max(int(metrics['counted']), 1))
       lonely.append(float(metrics['no_collision_fraction']))
-    return errors, lonely
+      if self.max_k is not None:
+        by_k.append(train.errors_by_k(metrics))
+    return errors, lonely, by_k
 
 
 def run_grid(config, workdir, points=None):
@@ -113,7 +119,7 @@ def run_grid(config, workdir, points=None):
   rows = read_rows(path)
   done = {cell_key(r['run'], r['step'], r['tables'], r['hashes'], r.get('settings')) for r in rows}
   for name, x in points:
-    todo = cells(x.grid)
+    todo = cells(x.grid, x.model.depth)
     settings = cell_settings(x)
     if not os.path.exists(sweep.result_path(workdir, name)):
       logging.warning('grid: %s has not finished training; skipped', name)
@@ -130,12 +136,15 @@ def run_grid(config, workdir, points=None):
       if key in done:
         continue
       t0 = time.perf_counter()
-      errors, lonely = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
+      errors, lonely, by_k = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
       row = {'run': name, 'beta': x.model.attention.unit_softmax.beta, 'attention': x.model.attention.kind,
              'step': evaluator.step, 'tables': list(tables), 'hashes': z, 'draws': len(errors),
              'mean': float(np.mean(errors)), 'std': float(np.std(errors)), 'errors': errors,
              'no_collision_fraction': float(np.mean(lonely)), 'surrogate_error': evaluator.surrogate_error,
              'settings': settings}
+      if by_k:  # k-hop: the error per k, mean over the draws, and the largest k solved by that mean
+        mean_by_k = {k: float(np.mean([d[k] for d in by_k])) for k in by_k[0]}
+        row.update(errors_by_k=mean_by_k, max_k_solved=train.max_k_solved(mean_by_k))
       row = json.loads(json.dumps(row, default=str))  # as grid.jsonl holds it: a resumed grid returns the same rows
       rows = [r for r in rows if not same_cell(r, row)] + [row]  # a cell evaluated anew replaces its old row
       done.add(key)
@@ -178,9 +187,9 @@ def grid_markdown(rows):
     lines += [f'## {run}', '', f'Surrogate ({first["attention"]}, beta={first["beta"]:g}) error on the same test '
               f'set: {first["surrogate_error"]:.4f}. Cells: mean +- std over {first["draws"]} hash draws, '
               f'checkpoint step {first["step"]}.', '']
-    if len(first['tables']) == 1:
+    if plots.same_tables_every_layer(mine):
       hashes = sorted({r['hashes'] for r in mine})
-      lines += ['| tables | ' + ' | '.join(f'z={z}' for z in hashes) + ' |', '|---|' + '---|' * len(hashes)]
+      lines += ['| tables' + (' (every layer)' if len(first['tables']) > 1 else '') + ' | ' + ' | '.join(f'z={z}' for z in hashes) + ' |', '|---|' + '---|' * len(hashes)]
       by = {(r['tables'][0], r['hashes']): r for r in mine}
       for t in sorted({r['tables'][0] for r in mine}):
         cells_ = [by.get((t, z)) for z in hashes]

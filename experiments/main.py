@@ -65,7 +65,8 @@ def main(argv, mode=None):
   if _DISTRIBUTED.value:  # before anything asks jax for its devices
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   mode = mode or _MODE.value
-  with_grid = mode == 'grid' or (mode == 'all' and bool(config.grid.tables_per_layer))
+  has_grid = bool(config.grid.tables_per_layer or config.grid.tables_every_layer)
+  with_grid = mode == 'grid' or (mode == 'all' and has_grid)
   try:  # every run of the sweep built (and so validated) once, here
     points = grid.validate(config) if with_grid else sweep.validate(config)
     sweep.validate_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)

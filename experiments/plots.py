@@ -57,6 +57,11 @@ def best_over_hashes(rows):
   return best
 
 
+def same_tables_every_layer(rows):
+  """Whether every row gives each layer the same table count (one layer, or grid.tables_every_layer)."""
+  return all(len(set(r['tables'])) == 1 for r in rows)
+
+
 def grid_figure(rows):
   """Figure 1 of the paper from grid rows: per run, error vs tables with one curve per z (one layer), or a
   heat map of layer-1 x layer-2 tables, best mean over z with the winning z (two layers)."""
@@ -65,12 +70,12 @@ def grid_figure(rows):
   for ax, run in zip(axes[0], runs):
     mine = [r for r in rows if r['run'] == run]
     title = f"{mine[0]['attention']} beta={mine[0]['beta']:g}: surrogate {mine[0]['surrogate_error']:.3f}"
-    if len(mine[0]['tables']) == 1:
+    if same_tables_every_layer(mine):
       for z in sorted({r['hashes'] for r in mine}):
         points = sorted((r['tables'][0], r['mean'], r['std']) for r in mine if r['hashes'] == z)
         x, y, e = zip(*points)
         ax.errorbar(x, y, yerr=e, marker='o', markersize=3, capsize=2, label=f'z={z}')
-      ax.set_xlabel('hash tables l')
+      ax.set_xlabel('hash tables l' + (' (every layer)' if len(mine[0]['tables']) > 1 else ''))
       ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tables are integers
       ax.set_ylabel(f"test error (mean over {mine[0]['draws']} draws)")
       ax.legend(fontsize=7)

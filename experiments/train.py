@@ -38,14 +38,32 @@ def make_schedule(x):
                               [optim.warmup_steps])
 
 
-def loss_and_metrics(model, batch):
+def loss_and_metrics(model, batch, max_k=None):
+  """max_k: k-hop evaluations also count errors per k (wrong_by_k, counted_by_k: (max_k + 1,))."""
   logits, stats = model(batch['tokens'])
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
   loss_mask, eval_mask = batch['loss_mask'], batch['eval_mask']
   loss = jnp.sum(ce * loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1)
   wrong = (jnp.argmax(logits, -1) != batch['targets']) & eval_mask
   metrics = {'loss': loss, 'wrong': jnp.sum(wrong), 'counted': jnp.sum(eval_mask), **stats}
+  if max_k is not None:  # summed over the batch inside the step, so sharded batches give small replicated sums
+    metrics['wrong_by_k'] = jnp.zeros(max_k + 1, jnp.int32).at[batch['k']].add(jnp.sum(wrong, -1))
+    metrics['counted_by_k'] = jnp.zeros(max_k + 1, jnp.int32).at[batch['k']].add(jnp.sum(eval_mask, -1))
   return loss, metrics
+
+
+def errors_by_k(metrics):
+  """{k: error} for every k with counted tokens, from loss_and_metrics(..., max_k) on a mixed-k batch."""
+  wrong, counted = np.asarray(metrics['wrong_by_k']), np.asarray(metrics['counted_by_k'])
+  return {k: float(wrong[k] / counted[k]) for k in range(len(counted)) if counted[k]}
+
+
+def max_k_solved(per_k):
+  """Largest k with every k' <= k below SOLVED_ERROR; -1 if none."""
+  solved = -1
+  while solved + 1 in per_k and per_k[solved + 1] < SOLVED_ERROR:
+    solved += 1
+  return solved
 
 
 def make_mesh(x):
@@ -129,7 +147,7 @@ class Trainer:
     return metrics
 
   def _eval_fixed(self, state, test_set):
-    _, metrics = loss_and_metrics(self.eval_model(state), test_set)
+    _, metrics = loss_and_metrics(self.eval_model(state), test_set, self.task.max_k if 'k' in test_set else None)
     return metrics
 
   def evaluate(self, state):
@@ -137,6 +155,10 @@ class Trainer:
     if self.test_set is not None:
       metrics = jax.device_get(self.eval_fixed(state, self.test_set))
       result = {'eval/error': int(metrics['wrong']) / max(int(metrics['counted']), 1)}
+      if self.task.name == 'khop':
+        per_k = errors_by_k(metrics)
+        result['eval/max_k_solved'] = max_k_solved(per_k)
+        result.update({f'eval/error_k{k}': e for k, e in per_k.items()})
       result.update({f'eval/{name}': float(metrics[name]) for name in STAT_NAMES if name in metrics})
       return result
     ks = range(self.task.max_k + 1) if self.task.name == 'khop' else [0]
@@ -154,10 +176,7 @@ class Trainer:
         stats.setdefault(name, []).extend(float(m[name]) for m in metrics if name in m)
     result = {'eval/error': wrong_total / max(counted_total, 1)}
     if self.task.name == 'khop':
-      solved = -1
-      while solved + 1 in per_k and per_k[solved + 1] < SOLVED_ERROR:
-        solved += 1
-      result['eval/max_k_solved'] = solved  # largest k with every k' <= k below 5% error; -1 if none
+      result['eval/max_k_solved'] = max_k_solved(per_k)
       result.update({f'eval/error_k{k}': e for k, e in per_k.items()})
     result.update({f'eval/{name}': float(np.mean(values)) for name, values in stats.items() if values})
     return result

@@ -7,7 +7,7 @@ import pytest
 
 from anna_jax import plans
 from anna_jax.anna import draw_projections
-from anna_jax.anna_softmax import ANNASoftmaxConfig as ANNAConfig, anna_softmax_attention as anna_attention
+from anna_jax.anna_softmax import ANNASoftmaxConfig as ANNAConfig, anna_softmax_attention as anna_attention, keys_up_to
 from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
 from anna_jax.lsh import hash_codes
 from anna_jax.oracle import anna_softmax_dense_reference as anna_dense_reference
@@ -283,3 +283,15 @@ def test_forward_at_256k_tokens_without_an_n_by_n_tensor():
   out, stats = fn(x)
   assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))
   assert 0.0 <= float(stats.dropped_fraction) <= 1.0
+
+
+def test_dense_window_counts_agree_by_product_and_by_comparison():
+  # The dense causal layout counts, per table, the valid keys of a slot's bucket at positions <= the slot:
+  # by a product with one-hot buckets (few buckets) or by comparison (many); both against a plain loop.
+  q_b, k_b = np.asarray(jax.random.randint(jax.random.key(0), (2, 3, 20), 0, 4))
+  valid = np.arange(20) % 7 != 3
+  expected = [np.array([[np.sum((k_b[t, :x + 1] == b[t, x]) & valid[:x + 1]) for x in range(20)] for t in range(3)])
+              for b in (q_b, k_b)]
+  for num_buckets in (4, 1000):  # 1000 > n: the comparison
+    for got, want in zip(keys_up_to(jnp.asarray(q_b), jnp.asarray(k_b), jnp.asarray(valid), num_buckets), expected):
+      np.testing.assert_array_equal(got, want)

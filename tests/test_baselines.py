@@ -13,6 +13,7 @@ from jax import export
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 from anna_jax.baselines import causal_linear, full_attention, full_blockwise_attention
+from anna_jax.lsh import hash_codes
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 
 
@@ -77,6 +78,41 @@ def test_reformer_with_one_chunk_is_dense_shared_qk_attention(causal, masked):
     assert float(stats.dropped_fraction) == 0.0 and float(stats.collisions) > 0
 
 
+@pytest.mark.parametrize('causal', [False, True])
+def test_reformer_with_several_chunks_equals_a_dense_reference_of_its_pairs(causal):
+  # 5 chunks of 8, 3 rounds: per round, sort by (bucket, position), a chunk sees itself and the chunk before it
+  # (the first: the last), a token itself only when alone; rounds merged by their log-sum-exp. Plain numpy.
+  n, chunk, rounds = 40, 8, 3
+  config = ReformerConfig(num_rounds=rounds, num_buckets=4, chunk_size=chunk)
+  q, k, v = qkv(n, seed=5)
+  rotations = draw_rotations(jax.random.key(2), 2, 8, config)
+  out, stats = reformer_attention(q, k, v, rotations, config, causal=causal)
+  assert float(stats.dropped_fraction) > 0  # same-bucket pairs beyond the chunk window exist
+  codes = np.asarray(hash_codes(q, rotations, 'crosspolytope'))  # (batch, heads, rounds, n)
+  keys = np.asarray(q / jnp.linalg.norm(q, axis=-1, keepdims=True))
+  expected = np.zeros(out.shape)
+  position = np.arange(n)
+  for b in range(2):
+    for h in range(2):
+      scores = np.asarray(q[b, :, h]) @ keys[b, :, h].T / np.sqrt(8)
+      np.fill_diagonal(scores, -1e5)
+      lse, outs = [], []
+      for r in range(rounds):
+        chunk_of = np.empty(n, int)
+        chunk_of[np.argsort(codes[b, h, r] * n + position, kind='stable')] = position // chunk
+        seen = (chunk_of[None, :] == chunk_of[:, None]) | (chunk_of[None, :] == (chunk_of[:, None] - 1) % (n // chunk))
+        if causal:
+          seen &= position[None, :] <= position[:, None]
+        s_r = np.where(seen, scores, -np.inf)
+        top = s_r.max(-1, keepdims=True)
+        w = np.exp(s_r - top)
+        lse.append(top[:, 0] + np.log(w.sum(-1)))
+        outs.append(w @ np.asarray(v[b, :, h]) / w.sum(-1, keepdims=True))
+      share = np.exp(np.array(lse) - np.logaddexp.reduce(np.array(lse), axis=0))  # (rounds, n)
+      expected[b, :, h] = np.einsum('rn,rnd->nd', share, np.array(outs))
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+
+
 def test_reformer_small_chunks_drop_same_bucket_pairs_and_keep_causality():
   n, cut = 128, 50
   q, k, v = qkv(n)
@@ -103,8 +139,8 @@ PLANS = [  # 'dense': anna_softmax's dense layout of the same windows (padded le
 @pytest.mark.parametrize('kind, make_config', PLANS)
 @pytest.mark.parametrize('causal', [False, True])
 def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal):
-  q, k, v = qkv(64)
-  mask = padding_mask(64, [64, 45])
+  q, k, v = qkv(61)  # not a multiple of the chunk: the sorted layouts pad, the dense one need not
+  mask = padding_mask(61, [61, 45])
 
   def attend(plan, q, k, v):
     config = make_config(plan)
@@ -116,15 +152,18 @@ def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal):
                                           mask=mask, causal=causal)
     return out, stats.dropped
 
-  others = ('accelerator', 'dense') if kind == 'anna_softmax' else ('accelerator',)
-  cpu, dropped = attend('cpu', q, k, v)
+  def outputs_and_grads(plan):  # one compiled call per layout
+    def loss(q, v):
+      out, dropped = attend(plan, q, k, v)
+      return jnp.sum(jnp.sin(out)), (out, dropped)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(q, v)
+
+  (_, (cpu, dropped)), cpu_grads = outputs_and_grads('cpu')
   assert float(dropped) > 0  # windows overflow: every layout must place the same windows
-  cpu_grads = jax.grad(lambda q, v: jnp.sum(jnp.sin(attend('cpu', q, k, v)[0])), argnums=(0, 1))(q, v)
-  for plan in others:
-    out, dropped_too = attend(plan, q, k, v)
+  for plan in ('accelerator', 'dense') if kind == 'anna_softmax' else ('accelerator',):
+    (_, (out, dropped_too)), grads = outputs_and_grads(plan)
     np.testing.assert_allclose(out, cpu, atol=1e-6)
     assert float(dropped) == float(dropped_too)
-    grads = jax.grad(lambda q, v: jnp.sum(jnp.sin(attend(plan, q, k, v)[0])), argnums=(0, 1))(q, v)
     for a, b in zip(grads, cpu_grads):
       np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -177,7 +216,7 @@ def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32(kind):
   np.testing.assert_allclose(out.astype(jnp.float32), reference, atol=5e-2)
 
 
-def test_blockwisecausal_linear_attention_equals_the_masked_product():
+def test_blockwise_causal_linear_attention_equals_the_masked_product():
   # Several blocks, a length that is not a multiple of the block: the prefix states between blocks and the
   # masked product inside them must give exactly sum_{j <= i} phi_q(i).phi_k(j) v_j and its normaliser.
   phi_q, phi_k = (jnp.exp(x[..., :6]) for x in qkv(21, dim=6, seed=3)[:2])

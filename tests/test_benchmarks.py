@@ -36,7 +36,7 @@ def test_slope_and_crossover_on_known_curves():
 
 def test_tiny_harness_run_writes_every_output(tmp_path):
   result = run('--lengths=128,256', '--heads=2', '--head_dim=8', '--repeats=2', '--num_tables=2',
-               '--chunk_size=32', '--window=32', '--lowrank_features=16', '--reformer_chunk=32', '--block=64',
+               '--chunk_size=32', '--window=256', '--lowrank_features=16', '--reformer_chunk=32', '--block=64',
                '--quality_queries=16', '--profile', f'--outdir={tmp_path}')
   assert result.returncode == 0, result.stderr[-3000:]
   kinds = 6  # every CPU kind: anna, anna_softmax, reformer, lowrank, full, full_blockwise
@@ -51,7 +51,12 @@ def test_tiny_harness_run_writes_every_output(tmp_path):
   assert all(0.0 <= float(r['dropped_fraction']) <= 1.0 for r in forward if r['kind'] in ('anna_softmax', 'reformer'))
   assert all(0.0 <= float(r['no_collision_fraction']) <= 1.0 and float(r['mean_collisions']) > 0
              for r in forward if r['kind'] == 'anna')
-  assert all(float(r['relative_error']) >= 0.0 for r in forward if r['kind'] in ('anna_softmax', 'reformer', 'lowrank'))
+  # Quality against exact attention over the same pairs: anna_softmax's windows hold every key here, so it is
+  # exact; the Reformer's chunks drop pairs, which shows; a Performer with 16 features is an approximation.
+  quality = {(r['kind'], int(r['n'])): (float(r['dropped_fraction']), float(r['relative_error'])) for r in forward}
+  assert all(quality['anna_softmax', n][0] == 0.0 and quality['anna_softmax', n][1] < 1e-4 for n in (128, 256))
+  assert all(quality['reformer', n][0] > 0.0 and quality['reformer', n][1] > 1e-3 for n in (128, 256))
+  assert all(1e-3 < quality['lowrank', n][1] < 2.0 for n in (128, 256))
   assert all(float(r['relative_error']) < 1e-4 for r in forward if r['kind'] == 'full_blockwise')  # exact
   # cost_analysis only where it is right (no loops)
   assert all((r['xla_flops'] == 'nan') == (r['kind'] not in ('full', 'lowrank')) for r in rows)

@@ -8,6 +8,7 @@ import time
 import urllib.request
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -237,3 +238,37 @@ def test_any_field_can_be_swept_and_names_the_runs():
   built = dict(sweep.validate(c))
   assert built['khop-reformer-num_rounds=4-learning_rate=0.003'].model.attention.reformer.num_rounds == 4
   assert built['khop-reformer-num_rounds=4-learning_rate=0.003'].optim.learning_rate == 3e-3
+
+
+def test_errors_by_k_groups_the_sequences_of_each_k():
+  # 4 sequences of k = 0, 2, 0, 2 (none of 1 or 3): per k, the errors of its sequences over their tokens.
+  batch = {'k': jnp.array([0, 2, 0, 2]), 'tokens': jnp.zeros((4, 3), jnp.int32),
+           'targets': jnp.zeros((4, 3), jnp.int32), 'loss_mask': jnp.ones((4, 3)),
+           'eval_mask': jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)}
+  logits = jnp.stack([jnp.array([[0, 1], [1, 0], [0, 1]]), jnp.array([[1, 0], [0, 1], [0, 1]]),
+                      jnp.array([[0, 1], [0, 1], [0, 1]]), jnp.array([[1, 0], [1, 0], [1, 0]])]).astype(jnp.float32)
+  _, metrics = train.loss_and_metrics(lambda tokens: (logits, {}), batch, max_k=3)
+  assert train.errors_by_k(metrics) == {0: 3 / 4, 2: 1 / 5}
+  assert train.max_k_solved({0: 0.01, 1: 0.2, 2: 0.0}) == 0 and train.max_k_solved({0: 0.3}) == -1
+
+
+def test_khop_table_puts_trained_runs_and_grid_cells_in_one_table(tmp_path):
+  from experiments import khop_table
+  for name, depth, errors in (('khop-full-depth=1', 1, [0.0, 0.3]), ('khop-full-depth=2', 2, [0.0, 0.01]),
+                              ('khop-unit_softmax-depth=2', 2, [0.01, 0.02])):
+    (tmp_path / 'runs' / name).mkdir(parents=True)
+    result = {'task.name': 'khop', 'status': 'done', 'model.depth': depth,
+              **{f'eval/error_k{k}': e for k, e in enumerate(errors)}}
+    (tmp_path / 'runs' / name / 'result.json').write_text(json.dumps(result))
+  rows = [{'run': 'khop-unit_softmax-depth=2', 'step': 5, 'tables': [t, t], 'hashes': z, 'mean': m,
+           'errors_by_k': {'0': m, '1': m}} for t, z, m in ((1, 1, 0.3), (4, 2, 0.01), (16, 4, 0.2))]
+  (tmp_path / 'grid.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  panels, results = khop_table.trained_panels(str(tmp_path))
+  anna, winners = khop_table.grid_panels(str(tmp_path), 16, 4)
+  assert panels['full'] == {1: {0: 0.0, 1: 0.3}, 2: {0: 0.0, 1: 0.01}} and len(results) == 3
+  assert winners == {('anna best cell <- unit_softmax', 2): (4, 2)}  # the lowest mean error
+  assert anna['anna l=16 z=4 <- unit_softmax'] == {2: {0: 0.2, 1: 0.2}}
+  text = khop_table.markdown(khop_table.ordered({**panels, **anna}), winners)
+  assert '| depth | full | unit_softmax | anna best cell <- unit_softmax | anna l=16 z=4 <- unit_softmax |' in text
+  assert '| 1 | 0 |  |  |  |  |' in text and '| 2 | 1 | 1 | 1 (l=4, z=2) | -1 | 1 |' in text
+  assert khop_table.heat_maps(panels)[:4] == b'\x89PNG'

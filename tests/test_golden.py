@@ -49,5 +49,36 @@ def test_golden_losses_and_errors():
   assert abs(got['anna_error'] - GOLDEN['anna_error']) < 1e-9, message
 
 
+# A second tiny run that learns (the one above stays at chance after 8 steps, so its errors cannot show a model
+# that learns the wrong thing): 300 steps on 256 fixed sequences; 64 test sequences x 8 tokens.
+LEARNED = {'surrogate_error': 0.064453125, 'anna_error': 0.232421875}  # chance: about 0.5
+TOKEN = 1 / (64 * 8)  # one test token: the tolerance allows a few tokens to flip on another CPU
+
+
+def learned_config(eval_attention=''):
+  c = match2_paper.get_config()
+  c.task.match2.n, c.task.match2.modulus, c.model.width, c.train.train_size = 8, 11, 16, 256
+  c.evaluation.test_size = 64
+  c.train.steps, c.train.batch_size, c.optim.warmup_steps, c.optim.learning_rate = 300, 16, 20, 0.01
+  c.evaluation.attention, c.attention.anna.num_tables, c.attention.anna.num_hashes = eval_attention, 8, 1
+  return experiment.build(c)
+
+
+def learned_numbers():
+  trainer = train.Trainer(learned_config())
+  state = trainer.initial_state
+  for step in range(300):
+    state, _ = trainer.train_step(state, jnp.int32(step), trainer.train_set)
+  return {'surrogate_error': trainer.evaluate(state)['eval/error'],
+          'anna_error': train.Trainer(learned_config(eval_attention='anna')).evaluate(state)['eval/error']}
+
+
+def test_golden_model_that_learns():
+  got = learned_numbers()
+  assert got['surrogate_error'] < 0.15 and got['anna_error'] < 0.35, got  # far below chance
+  assert abs(got['surrogate_error'] - LEARNED['surrogate_error']) <= 4 * TOKEN, got
+  assert abs(got['anna_error'] - LEARNED['anna_error']) <= 8 * TOKEN, got
+
+
 if __name__ == '__main__':
-  print(golden_numbers())
+  print(golden_numbers(), learned_numbers())

@@ -40,7 +40,7 @@ def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch):
   # Same draws, same numbers: a second evaluation of one cell is identical.
   run = dict(sweep.validate(c))[rows[0]['run']]
   evaluator = grid.RunEvaluator(run, str(tmp_path / 'runs' / rows[0]['run']))
-  again, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
+  again, _, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
   assert again == rows[0]['errors']
 
   # Killed mid-grid: drop the last three cells from grid.jsonl; the same call recomputes only those.
@@ -72,6 +72,15 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   text = (tmp_path / 'grid.md').read_text()
   assert 'l1 \\ l2' in text and '(z=' in text
   assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
+  # The same run over cells for any depth: one table count given to every layer; k-hop rows carry the error
+  # per k (this test set holds k = 1 only, so it is the cell's error).
+  c.grid.tables_per_layer, c.grid.tables_every_layer = (), (1, 3)
+  rows = grid.run_grid(c, str(tmp_path))
+  uniform = [r for r in rows if r['tables'] in ([1, 1], [3, 3])]
+  assert len(rows) == 2 * 2 * 2 + len(uniform) and len(uniform) == 2 * 2
+  for r in uniform:
+    assert r['errors_by_k'] == {'1': r['mean']} and r['max_k_solved'] == (0 if r['mean'] < 0.05 else -1)
+  assert '| tables (every layer) | z=1 | z=2 |' in grid.grid_markdown(uniform)
 
 
 def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path):

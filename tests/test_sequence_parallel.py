@@ -8,6 +8,7 @@ from jax import export
 
 from anna_jax.anna import draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
+from anna_jax.lsh import hash_codes
 from anna_jax.oracle import anna_softmax_dense_reference
 from anna_jax.sequence_parallel import sequence_parallel_anna_softmax
 
@@ -40,12 +41,39 @@ def test_equals_single_device_anna_softmax_on_8_devices(mesh, causal, masked):
   np.testing.assert_allclose(sharded, anna_softmax_dense_reference(q, k, v, proj, mask=mask, causal=causal), atol=2e-5)
 
 
-def test_small_buffers_overflow_and_are_counted(mesh):
-  config = ANNASoftmaxConfig(num_tables=2, num_hashes=1, chunk_size=8, window=64)  # 2 buckets: 2 busy devices
-  q, k, v, proj = inputs(128, config, seed=1)
-  out, stats = jax.jit(lambda q, k, v: sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, capacity=2))(q, k, v)
-  assert float(stats['overflow_tokens']) > 0
-  assert out.shape == q.shape and bool(jnp.all(jnp.isfinite(out)))
+def sent(buckets, num_buckets, devices, capacity):
+  """(tables, n) bool: the token left its device: among the tokens of its device bound for the same owner of
+  the bucket, it is one of the first `capacity` by position (the module's send rule)."""
+  tables, n = buckets.shape
+  owner = buckets * devices // num_buckets
+  source = np.arange(n) // (n // devices)
+  rank = np.array([[np.sum((owner[t, :i] == owner[t, i]) & (source[:i] == source[i])) for i in range(n)]
+                   for t in range(tables)])
+  return rank < capacity
+
+
+def test_overflowing_buffers_drop_exactly_the_tokens_the_send_rule_names(mesh):
+  # 2 buckets on 8 devices, 2 slots per buffer: most tokens stay home. A pair counts in the first table where it
+  # collides, if both its tokens were sent there (later tables skip pairs that collided earlier): a numpy oracle.
+  n, capacity = 128, 2
+  config = ANNASoftmaxConfig(num_tables=2, num_hashes=1, chunk_size=8, window=64)
+  q, k, v, proj = inputs(n, config, seed=1)
+  out, stats = jax.jit(lambda q, k, v: sequence_parallel_anna_softmax(q, k, v, proj, config, mesh,
+                                                                      capacity=capacity))(q, k, v)
+  assert float(stats['overflow_tokens']) > n
+  q_b, k_b = (np.asarray(hash_codes(x, proj, 'hyperplane')) for x in (q, k))  # (batch, heads, tables, n)
+  expected = np.zeros(out.shape)
+  for b in range(2):
+    for h in range(2):
+      q_sent, k_sent = (sent(x[b, h], 2, 8, capacity) for x in (q_b, k_b))
+      collide = q_b[b, h][:, :, None] == k_b[b, h][:, None, :]  # (tables, n, n)
+      first = np.argmax(collide, axis=0)
+      pairs = np.any(collide, axis=0) & np.take_along_axis(q_sent[:, :, None] & k_sent[:, None, :],
+                                                          first[None], axis=0)[0]
+      scores = np.asarray(q[b, :, h] @ k[b, :, h].T) / np.sqrt(8)
+      weights = np.where(pairs, np.exp(scores - scores.max(-1, keepdims=True)), 0.0)
+      expected[b, :, h] = weights @ np.asarray(v[b, :, h]) / np.maximum(weights.sum(-1, keepdims=True), 1e-30)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
 
 
 def test_length_must_split_over_devices(mesh):

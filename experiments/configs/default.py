@@ -57,6 +57,7 @@ def get_config():
   # (Algorithm 1, attention.anna's family) swapped in, over tables per layer x hashes x draws. Empty: no grid.
   c.grid = ml_collections.ConfigDict()
   c.grid.tables_per_layer = ()  # one tuple of table counts per layer, e.g. ((1, 2, 4),) for one layer
+  c.grid.tables_every_layer = ()  # or table counts given to every layer at once, e.g. (1, 4, 16), at any depth
   c.grid.hashes = ()  # hashes per table (z)
   c.grid.draws = 10  # fresh hash functions per cell: mean and std over them
   c.grid.seed = 0  # draw d of every cell uses hash seed (grid.seed, d)

@@ -30,6 +30,9 @@ def get_config():
   c.attention.unit_softmax.beta = 8.0
   c.attention.anna_softmax.update(dict(num_tables=4, num_hashes=3, chunk_size=64, window=64))
   c.attention.reformer.update(dict(num_rounds=2, num_buckets=8, chunk_size=8))
+  # The grid (python -m experiments.grid, unit_softmax runs only): anna in every layer, the same table count in
+  # each; it needs a fixed test set: run.sh passes --config.evaluation.test_size=4096 (training used fresh ones).
+  c.grid.tables_every_layer, c.grid.hashes, c.grid.draws = (1, 4, 16, 64), (1, 2, 4, 6), 3
   c.sweep.model.depth = (1, 2, 3, 4, 5)
   c.sweep.attention.kind = ('full', 'unit_softmax', 'anna_softmax', 'reformer', 'lowrank')
   return c
