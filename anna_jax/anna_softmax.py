@@ -221,24 +221,48 @@ def in_windows(q_code, k_code, window):
   return jax.lax.bitcast_convert_type(offset, jnp.uint32) < window
 
 
+def prefix_counts(buckets, num_ids, valid=None):
+  """(tables, n, num_ids): per table, the (valid) slots of each bucket at positions <= x, by one product of the
+  one-hot buckets with a triangular matrix (exact below 2**24 slots). An (n, n) comparison and reduction per
+  table does the same and is slower (causal forward, b 32, 4 heads of 16, l 4, z 3, n 128, window 64: 51 ms by
+  comparison, 9.8 ms by the product; 2-core CPU, 2026-12-02), so it serves only code spaces larger than n."""
+  n = buckets.shape[-1]
+  up_to = (jnp.arange(n)[None, :] <= jnp.arange(n)[:, None]).astype(jnp.float32)  # [x, p]: p <= x
+  one_hot = buckets[..., None] == jnp.arange(num_ids)
+  if valid is not None:
+    one_hot &= valid[None, :, None]
+  return jnp.einsum('xp,tpb->txb', up_to, one_hot.astype(jnp.float32)).astype(jnp.int32)
+
+
+def own(counts, buckets):
+  """counts[t, x, buckets[t, x]]: each slot's entry for its own bucket."""
+  return jnp.take_along_axis(counts, buckets[..., None], axis=-1)[..., 0]
+
+
 def keys_up_to(q_buckets, k_buckets, k_valid, num_buckets):
-  """Per table, the valid keys of a slot's bucket at positions <= the slot: (for each query, for each key).
-  Few buckets: prefix counts per bucket by one product with a triangular matrix; many: an (n, n) comparison
-  and reduction per table, which is slower (causal forward, b 32, 4 heads of 16, l 4, z 3, n 128, window 64:
-  51 ms by comparison, 9.8 ms by the product; 2-core CPU, 2026-12-02)."""
+  """Per table, the valid keys of a slot's bucket at positions <= the slot: (for each query, for each key)."""
   n = k_buckets.shape[-1]
-  up_to = jnp.arange(n)[None, :] <= jnp.arange(n)[:, None]  # [x, p]: p <= x
   if num_buckets > n:
+    up_to = jnp.arange(n)[None, :] <= jnp.arange(n)[:, None]  # [x, p]: p <= x
+
     def count(buckets):
       same = (buckets[:, :, None] == k_buckets[:, None, :]) & k_valid[None, None, :]
       return jnp.sum(same & up_to, axis=-1)
     return count(q_buckets), count(k_buckets)
-  one_hot = (k_buckets[:, :, None] == jnp.arange(num_buckets)) & k_valid[None, :, None]  # (tables, n, buckets)
-  prefix = jnp.einsum('xp,tpb->txb', up_to.astype(jnp.float32), one_hot.astype(jnp.float32))  # exact below 2**24
+  prefix = prefix_counts(k_buckets, num_buckets, k_valid)
+  return own(prefix, q_buckets), own(prefix, k_buckets)
 
-  def count(buckets):
-    return jnp.take_along_axis(prefix, buckets[..., None], axis=-1)[..., 0].astype(jnp.int32)
-  return count(q_buckets), count(k_buckets)
+
+def sorted_ranks(buckets, num_ids):
+  """(tables, n): each slot's place in (bucket, position) order, buckets in [0, num_ids)."""
+  n = buckets.shape[-1]
+  if num_ids > n:
+    key = buckets * n + jnp.arange(n)
+    return jnp.sum(key[:, None, :] < key[:, :, None], axis=-1)
+  prefix = prefix_counts(buckets, num_ids)
+  totals = prefix[:, -1, :]
+  lower = jnp.cumsum(totals, axis=-1) - totals  # slots in lower buckets
+  return jnp.take_along_axis(lower, buckets, axis=-1) + own(prefix, buckets) - 1
 
 
 def dense_attention(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_buckets, chunk, window, causal,
@@ -264,15 +288,11 @@ def dense_attention(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_buck
     q_bucket = jnp.where(q_valid, q_buckets, num_buckets)  # padding sorts last, as in `route`
     k_bucket = jnp.where(k_valid, k_buckets, num_buckets)
 
-    def sorted_rank(bucket):  # (tables, n): how many slots sort before each
-      key = bucket * n + position
-      return jnp.sum(key[:, None, :] < key[:, :, None], axis=-1)
-
-    q_chunk = sorted_rank(q_bucket) // chunk
+    q_chunk = sorted_ranks(q_bucket, num_buckets + 1) // chunk
     lowest = jax.vmap(lambda b, c: jax.ops.segment_min(b, c, num_segments=n // chunk))(q_bucket, q_chunk)
     start = jnp.sum(k_bucket[:, None, :] < lowest[:, :, None], axis=-1)  # first key of the lowest bucket
     start = jnp.take_along_axis(jnp.minimum(start, n - window), q_chunk, axis=-1)  # (tables, n) per query
-    offset = sorted_rank(k_bucket)[:, None, :] - start[:, :, None]
+    offset = sorted_ranks(k_bucket, num_buckets + 1)[:, None, :] - start[:, :, None]
     pairs &= (offset >= 0) & (offset < window)
   allowed = jnp.any(pairs, axis=0)  # union: each key once
   if weighting == 'softmax':

@@ -79,8 +79,7 @@ class RunEvaluator:
       raise ValueError(f'{run_dir} has no checkpoint')
     model, _ = nnx.merge(self.trainer.graphdef, state)
     self.params = nnx.state(model, nnx.Param)
-    self.test_set = self.trainer.test_set
-    self.max_k = x.task.max_k if x.task.name == 'khop' else None  # k-hop cells count errors per k
+    self.test_set, self.max_k = self.trainer.test_set, self.trainer.max_k
     self.surrogate_error = self.error(model)[0]
 
   def error(self, model):
@@ -189,7 +188,8 @@ def grid_markdown(rows):
               f'checkpoint step {first["step"]}.', '']
     if plots.same_tables_every_layer(mine):
       hashes = sorted({r['hashes'] for r in mine})
-      lines += ['| tables' + (' (every layer)' if len(first['tables']) > 1 else '') + ' | ' + ' | '.join(f'z={z}' for z in hashes) + ' |', '|---|' + '---|' * len(hashes)]
+      label = 'tables (every layer)' if len(first['tables']) > 1 else 'tables'
+      lines += [f'| {label} | ' + ' | '.join(f'z={z}' for z in hashes) + ' |', '|---|' + '---|' * len(hashes)]
       by = {(r['tables'][0], r['hashes']): r for r in mine}
       for t in sorted({r['tables'][0] for r in mine}):
         cells_ = [by.get((t, z)) for z in hashes]

@@ -132,7 +132,7 @@ KIND_ORDER = ('full', 'unit_softmax', 'anna', 'anna_softmax', 'reformer', 'lowra
 def kind_of(name):
   """The attention kind of a panel ('anna best cell <- unit_softmax-beta=8' is anna)."""
   head = name.split(' <- ')[0]
-  return max((k for k in KIND_ORDER if head.startswith(k) or head.split()[0] == k), key=len, default='')
+  return max((k for k in KIND_ORDER if head.startswith(k)), key=len, default='')
 
 
 def ordered(panels):

@@ -66,6 +66,11 @@ def max_k_solved(per_k):
   return solved
 
 
+def khop_results(per_k):
+  """The evaluation entries of k-hop errors per k."""
+  return {'eval/max_k_solved': max_k_solved(per_k), **{f'eval/error_k{k}': e for k, e in per_k.items()}}
+
+
 def make_mesh(x):
   devices = jax.devices()[: x.train.num_devices or jax.device_count()]
   return jax.sharding.Mesh(np.array(devices), ('data',))
@@ -77,6 +82,7 @@ class Trainer:
   def __init__(self, x):
     self.x = x
     self.task = x.task
+    self.max_k = x.task.max_k if x.task.name == 'khop' else None  # k-hop evaluations count errors per k
     self.mesh = make_mesh(x)
     self.replicated = NamedSharding(self.mesh, P())
     self.data_sharded = NamedSharding(self.mesh, P('data'))
@@ -147,7 +153,7 @@ class Trainer:
     return metrics
 
   def _eval_fixed(self, state, test_set):
-    _, metrics = loss_and_metrics(self.eval_model(state), test_set, self.task.max_k if 'k' in test_set else None)
+    _, metrics = loss_and_metrics(self.eval_model(state), test_set, self.max_k)
     return metrics
 
   def evaluate(self, state):
@@ -155,10 +161,8 @@ class Trainer:
     if self.test_set is not None:
       metrics = jax.device_get(self.eval_fixed(state, self.test_set))
       result = {'eval/error': int(metrics['wrong']) / max(int(metrics['counted']), 1)}
-      if self.task.name == 'khop':
-        per_k = errors_by_k(metrics)
-        result['eval/max_k_solved'] = max_k_solved(per_k)
-        result.update({f'eval/error_k{k}': e for k, e in per_k.items()})
+      if self.max_k is not None:
+        result.update(khop_results(errors_by_k(metrics)))
       result.update({f'eval/{name}': float(metrics[name]) for name in STAT_NAMES if name in metrics})
       return result
     ks = range(self.task.max_k + 1) if self.task.name == 'khop' else [0]
@@ -176,8 +180,7 @@ class Trainer:
         stats.setdefault(name, []).extend(float(m[name]) for m in metrics if name in m)
     result = {'eval/error': wrong_total / max(counted_total, 1)}
     if self.task.name == 'khop':
-      result['eval/max_k_solved'] = max_k_solved(per_k)
-      result.update({f'eval/error_k{k}': e for k, e in per_k.items()})
+      result.update(khop_results(per_k))
     result.update({f'eval/{name}': float(np.mean(values)) for name, values in stats.items() if values})
     return result
 

@@ -7,7 +7,8 @@ import pytest
 
 from anna_jax import plans
 from anna_jax.anna import draw_projections
-from anna_jax.anna_softmax import ANNASoftmaxConfig as ANNAConfig, anna_softmax_attention as anna_attention, keys_up_to
+from anna_jax.anna_softmax import ANNASoftmaxConfig as ANNAConfig, anna_softmax_attention as anna_attention
+from anna_jax.anna_softmax import keys_up_to, sorted_ranks
 from anna_jax.baselines import draw_random_features, full_attention, lowrank_attention
 from anna_jax.lsh import hash_codes
 from anna_jax.oracle import anna_softmax_dense_reference as anna_dense_reference
@@ -286,7 +287,7 @@ def test_forward_at_256k_tokens_without_an_n_by_n_tensor():
 
 
 def test_dense_window_counts_agree_by_product_and_by_comparison():
-  # The dense causal layout counts, per table, the valid keys of a slot's bucket at positions <= the slot:
+  # The dense layout counts, per table, the valid keys of a slot's bucket at positions <= the slot:
   # by a product with one-hot buckets (few buckets) or by comparison (many); both against a plain loop.
   q_b, k_b = np.asarray(jax.random.randint(jax.random.key(0), (2, 3, 20), 0, 4))
   valid = np.arange(20) % 7 != 3
@@ -295,3 +296,6 @@ def test_dense_window_counts_agree_by_product_and_by_comparison():
   for num_buckets in (4, 1000):  # 1000 > n: the comparison
     for got, want in zip(keys_up_to(jnp.asarray(q_b), jnp.asarray(k_b), jnp.asarray(valid), num_buckets), expected):
       np.testing.assert_array_equal(got, want)
+    # Not causal: each slot's place in (bucket, position) order, against numpy's stable sort.
+    ranks = np.argsort(np.argsort(q_b * 20 + np.arange(20), axis=-1), axis=-1)
+    np.testing.assert_array_equal(sorted_ranks(jnp.asarray(q_b), num_buckets), ranks)
