@@ -20,7 +20,8 @@ dropped pair in either:
   the bucket tables of all l tables are built in one walk over the keys and read in one walk
   over the queries. Causal walks the tokens in order, key i added before query i reads: exact, no sort, no
   prefix sums. The VJP in v is the same kernel with keys and queries swapped (causal: walked backwards).
-  Without a C++ compiler, or for code spaces far larger than n, the 'cpu' plan runs the scan plan instead.
+  Code spaces far larger than n (many hashes per table) are hashed into 2n-4n exact rows per table, so z
+  well above log2 n costs no more. Without a C++ compiler the 'cpu' plan runs the scan plan instead.
 Sums accumulate in float32 whatever the input dtype. A query with no colliding key outputs zeros; padded
 queries output zeros, padded keys are never counted.
 
@@ -174,7 +175,7 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
   q_valid = valid[:, :, None]
   plan = plans.resolve(config.loop_plan)
   # The ids are int32 (batch, n, heads, tables): every table hashed up front (one projection per input).
-  if cpu_kernel.serves(plan, n, lsh.bucket_count(projections, config.family, n)):
+  if cpu_kernel.serves(plan):
     q_ids, k_ids, num_ids = cpu_kernel.bucket_ids(q, k, projections, config.family)
     out, counts = cpu_kernel.attend(v, q_ids, k_ids, valid, num_ids, causal, v.dtype)
   else:

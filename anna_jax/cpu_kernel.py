@@ -7,6 +7,9 @@ project's 2-core VM: the whole forward 118-139 ms with XLA's loops, 28-57 ms wit
 - `hyperplane_codes`: lsh's hyperplane codes, a register-tiled product with the bits packed on the spot;
 - `bucket_attend`: per (batch row, head), the bucket tables of all l hash tables built in one walk over the
   keys and read in one walk over the queries (causal: one walk, each key added before its query reads).
+  Code spaces up to max(n, KERNEL_MIN_IDS) index a table's rows directly; larger ones (many hashes per table,
+  as exact matches at large n need) address 2n-4n rows by an open-addressed hash of the code, exact on that
+  hash's collisions (each row remembers its code), so any z costs what z = log2 n costs.
 Both are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool. This module is
 the one place that decides whether they run (`serves`), and holds `attend`, the kernel under a custom VJP.
 
@@ -147,13 +150,21 @@ def hyperplane_codes(x, projections):
   return call(jax.lax.stop_gradient(x), jax.lax.stop_gradient(projections))
 
 
+def hashed_rows(n, num_ids):
+  """Rows per table of the kernel's hashed tables for this code space: 0 (rows indexed by id) up to
+  max(n, KERNEL_MIN_IDS) ids, else the power of two in [2n, 4n)."""
+  if num_ids <= max(n, KERNEL_MIN_IDS):
+    return 0
+  return 1 << max(1, (2 * n - 1).bit_length())
+
+
 def bucket_attend(read_ids, write_ids, values, read_valid, write_valid, *, num_ids, direction, normalize):
   """One call of the kernel (see kernels/anna_cpu.cc): (out at the readers float32, counts int32).
 
   read_ids, write_ids: (..., n, heads, tables) int32 in [0, num_ids); values: (..., n, heads, dim) at the
   writers (float32 or bfloat16; other dtypes are cast to float32); read_valid, write_valid: (..., n) bool.
   direction 0: every writer counts for every reader; 1: writer j for reader i iff j <= i; 2: iff j >= i.
-  normalize: out = sums / counts (0 where none), else raw sums.
+  normalize: out = sums / counts (0 where none), else raw sums. Tables are indexed or hashed by `hashed_rows`.
   """
   _require()
   ids_layout = _ids_layout(read_ids.ndim)
@@ -162,25 +173,26 @@ def bucket_attend(read_ids, write_ids, values, read_valid, write_valid, *, num_i
       (jax.ShapeDtypeStruct(values.shape, jnp.float32), jax.ShapeDtypeStruct(values.shape[:-1], jnp.int32)),
       vmap_method='broadcast_all', input_layouts=(ids_layout, ids_layout, None, None, None))
   return call(read_ids.astype(jnp.int32), write_ids.astype(jnp.int32), _float32_or_bfloat16(values),
-              read_valid.astype(bool), write_valid.astype(bool), num_ids=int(num_ids), direction=int(direction),
+              read_valid.astype(bool), write_valid.astype(bool), num_ids=int(num_ids),
+              slots=hashed_rows(read_ids.shape[-3], num_ids), direction=int(direction),
               normalize=bool(normalize), group_bytes=int(GROUP_BYTES))
 
 
-# The tables kernel serves code spaces up to this many buckets, or up to n: its tables are zeroed per
-# (batch, head), which must not cost more than the keys it adds.
+# The tables kernel indexes rows by id for code spaces up to this many buckets, or up to n (its tables are
+# zeroed per (batch, head), which must not cost more than the keys it adds); larger ones it hashes.
 KERNEL_MIN_IDS = 4096
 
 
-def serves(plan, n, num_ids):
-  """Whether `anna` runs these kernels: the 'cpu' plan (resolved), a code space they serve, a built library.
-  Otherwise `anna` runs its scan plan (pure XLA, same outputs)."""
-  return plan == 'cpu' and num_ids <= max(n, KERNEL_MIN_IDS) and available()
+def serves(plan):
+  """Whether `anna` runs these kernels: the 'cpu' plan (resolved) and a built library. Otherwise `anna` runs
+  its scan plan (pure XLA, same outputs)."""
+  return plan == 'cpu' and available()
 
 
 def bucket_ids(q, k, projections, family, block_size=2048):
   """`lsh.bucket_ids` for the CPU plan: hyperplane codes by the kernel, cross-polytope codes by XLA
   block_size tokens at a time."""
-  if family == 'hyperplane':  # `serves` has checked the library and that the code space fits int32
+  if family == 'hyperplane' and lsh.code_space(projections, family) <= 2**31:  # the kernel packs <= 31 bits
     return hyperplane_codes(q, projections), hyperplane_codes(k, projections), lsh.code_space(projections, family)
   return lsh.bucket_ids(q, k, projections, family, block_size=block_size)
 

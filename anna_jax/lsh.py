@@ -129,12 +129,6 @@ def _blocked_codes(x, projections, family, block_size):
   return jax.lax.fori_loop(0, -(-n // block_size), hash_block, codes)
 
 
-def bucket_count(projections, family, n):
-  """num_ids that `bucket_ids` returns for n queries and n keys (a Python int)."""
-  space = code_space(projections, family)
-  return space if space <= _INT32_CODES else 2 * n
-
-
 def bucket_ids(q, k, projections, family, block_size=None):
   """Bucket ids of queries and keys: (q_ids, k_ids, num_ids).
 

@@ -7,6 +7,7 @@ A batch is a dict of (batch, length) arrays:
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +15,22 @@ import numpy as np
 
 
 def match2_labels(x, modulus):
-  """Label_i = 1 iff some j (j = i included) has x_i + x_j = 0 (mod modulus). x: (..., n) ints."""
-  present = jnp.any(x[..., :, None] == jnp.arange(modulus), axis=-2)  # (..., modulus)
-  partner = (modulus - x) % modulus
-  return jnp.take_along_axis(present, partner, axis=-1).astype(jnp.int32)
+  """Label_i = 1 iff some j (j = i included) has x_i + x_j = 0 (mod modulus). x: (..., n) ints.
+
+  O(n + modulus) per sequence (a scatter of the residues present, then a gather), so it serves n = 2**20."""
+  flat = jnp.reshape(x, (-1, x.shape[-1]))
+  rows = jnp.arange(flat.shape[0])[:, None]
+  present = jnp.zeros((flat.shape[0], modulus), bool).at[rows, flat].set(True)
+  return present[rows, (modulus - flat) % modulus].astype(jnp.int32).reshape(x.shape)
+
+
+def match2_modulus(n):
+  """The modulus Match2 over n tokens gets by default: the smallest prime >= 37 n / 32 (the paper's N = 32,
+  M = 37 ratio), so about as many residues exist as tokens at every n, and balanced sets stay easy to draw."""
+  m = max(5, math.ceil(37 * n / 32))
+  while any(m % p == 0 for p in range(2, math.isqrt(m) + 1)):
+    m += 1
+  return m
 
 
 def khop_targets(x, k, alphabet, max_k):
@@ -76,11 +89,15 @@ def balanced_match2_tokens(seed, size, n, modulus):
 
 @dataclasses.dataclass(frozen=True)
 class Match2:
-  """Match2 over n tokens from {0..modulus-1}; a per-token binary label."""
+  """Match2 over n tokens from {0..modulus-1}; a per-token binary label. modulus 0: `match2_modulus(n)`."""
   n: int = 32
   modulus: int = 37
 
   name = 'match2'
+
+  def __post_init__(self):
+    if self.modulus == 0:
+      object.__setattr__(self, 'modulus', match2_modulus(self.n))
 
   def validate(self):
     if self.n < 2:

@@ -88,7 +88,8 @@ class RunEvaluator:
     return int(metrics['wrong']) / max(int(metrics['counted']), 1), metrics
 
   def cell(self, tables, z, draws, seed):
-    """Errors and collision stats of `draws` hash draws with anna, `tables[i]` tables in layer i."""
+    """Per draw of `draws` hash draws with anna (`tables[i]` tables in layer i): errors, no-collision
+    fractions, (key, table) collisions per query (both averaged over layers), and k-hop's errors per k."""
     model_config = experiment.grid_model(self.x, tables, z)
 
     def hash_functions(d):  # the non-Param state (hash functions) of a fresh model; its Params are unused
@@ -100,14 +101,15 @@ class RunEvaluator:
     def evaluate(rest, batch):
       return train.loss_and_metrics(nnx.merge(graphdef, self.params, rest), batch, self.max_k)[1]
 
-    errors, lonely, by_k = [], [], []
+    errors, lonely, collisions, by_k = [], [], [], []
     for d in range(draws):
       metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
       errors.append(int(metrics['wrong']) / max(int(metrics['counted']), 1))
       lonely.append(float(metrics['no_collision_fraction']))
+      collisions.append(float(metrics['mean_collisions']))
       if self.max_k is not None:
         by_k.append(train.errors_by_k(metrics))
-    return errors, lonely, by_k
+    return errors, lonely, collisions, by_k
 
 
 def run_grid(config, workdir, points=None):
@@ -135,11 +137,12 @@ def run_grid(config, workdir, points=None):
       if key in done:
         continue
       t0 = time.perf_counter()
-      errors, lonely, by_k = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
+      errors, lonely, collisions, by_k = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
       row = {'run': name, 'beta': x.model.attention.unit_softmax.beta, 'attention': x.model.attention.kind,
              'step': evaluator.step, 'tables': list(tables), 'hashes': z, 'draws': len(errors),
              'mean': float(np.mean(errors)), 'std': float(np.std(errors)), 'errors': errors,
-             'no_collision_fraction': float(np.mean(lonely)), 'surrogate_error': evaluator.surrogate_error,
+             'no_collision_fraction': float(np.mean(lonely)), 'mean_collisions': float(np.mean(collisions)),
+             'surrogate_error': evaluator.surrogate_error,
              'settings': settings}
       if by_k:  # k-hop: the error per k, mean over the draws, and the largest k solved by that mean
         mean_by_k = {k: float(np.mean([d[k] for d in by_k])) for k in by_k[0]}

@@ -96,3 +96,12 @@ def grid_figure(rows):
       fig.colorbar(image, ax=ax, label='best mean error over z')
     ax.set_title(title, fontsize=9)
   return png(fig)
+
+
+THEOREM_34 = 'Theorem 3.4: z = Theta(log N) hashes per table, l = Theta(N^(3 rho) log N) tables, rho < 1/3'
+
+
+def fitted_slope(x, y):
+  """Least-squares slope of y on x (None for fewer than 2 distinct points)."""
+  x, y = np.asarray(x, float), np.asarray(y, float)
+  return float(np.polyfit(x, y, 1)[0]) if len(set(x.tolist())) >= 2 else None

@@ -318,6 +318,32 @@ def test_cpu_kernel_at_wide_heads_equals_the_oracle(dim):
     np.testing.assert_allclose(grad, expected_grad, atol=2e-4)
 
 
+@pytest.mark.parametrize('hashes, min_ids', [(24, cpu_kernel.KERNEL_MIN_IDS), (7, 0), (40, 0)])
+@pytest.mark.parametrize('causal', [False, True])
+def test_cpu_kernel_hashed_rows_equal_the_oracle(monkeypatch, hashes, min_ids, causal):
+  # Code spaces past max(n, KERNEL_MIN_IDS) are hashed into 2n-4n rows per table: 2**24 codes; 128 codes forced
+  # into 128 hashed rows (60 keys: probes collide and wrap); 2**40 codes, numbered by lsh's sort past int32.
+  monkeypatch.setattr(cpu_kernel, 'KERNEL_MIN_IDS', min_ids)
+  config = ANNAConfig(num_tables=3, num_hashes=hashes, loop_plan='cpu')
+  q, k, v = qkv(60, seed=hashes)
+  k = k.at[:, ::2].set(q[:, ::2])  # shared directions, so fine buckets still hold pairs
+  proj = draw_projections(jax.random.key(hashes), 2, 8, config)
+  mask = padding_mask(60, [60, 41])
+  assert cpu_kernel.hashed_rows(60, lsh.bucket_ids(q, k, proj, 'hyperplane')[2]) == 128
+
+  def anna(v):
+    return anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+
+  def oracle(v):
+    return anna_dense_reference(q, k, v, proj, family='hyperplane', mask=mask, causal=causal)
+
+  out, stats = anna(v)
+  np.testing.assert_allclose(out, oracle(v), atol=2e-5)
+  assert 0.0 < float(stats.no_collision_fraction) < 1.0
+  grad = jax.grad(lambda v: jnp.sum(anna(v)[0] ** 2))(v)
+  np.testing.assert_allclose(grad, jax.grad(lambda v: jnp.sum(oracle(v) ** 2))(v), atol=2e-4)
+
+
 @pytest.mark.parametrize('causal', [False, True])
 def test_accelerator_plan_two_key_sort_equals_the_oracle(causal):
   # 2**24 buckets at n = 60: (buckets + 1) * 2n overflows int32, so keys and queries sort on two keys.

@@ -35,6 +35,9 @@ BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
     ('experiments.grid', [KHOP], 'no grid'),
     ('experiments.grid', ['--config.grid.draws=0'], 'draws'),
     ('experiments.grid', ['--config.grid.tables_per_layer=((1,),(2,))'], 'depth'),
+    ('experiments.n_scaling', [], 'no grid rows'),
+    ('experiments.match2_construction', ['--log2_n=ten'], 'integers'),
+    ('experiments.match2_construction', ['--width=7'], 'even'),
     ('benchmarks.scaling', ['--kinds=sparse'], 'unknown kinds'),
     ('benchmarks.scaling', ['--lengths=1k'], 'lengths'),
     ('benchmarks.scaling', ['--lengths=0'], '>= 1'),
@@ -48,6 +51,9 @@ BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
 ]
 
 
+OUTPUT_FLAGS = {'benchmarks.scaling': '--outdir', 'experiments.match2_construction': '--out'}
+
+
 def run(module, args, cwd, env_extra=None):
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, **(env_extra or {}))
   return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env, capture_output=True, text=True,
@@ -57,10 +63,8 @@ def run(module, args, cwd, env_extra=None):
 @pytest.mark.parametrize('module, args, word', BAD_INPUTS, ids=[f'{m}:{" ".join(a)}' for m, a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, module, args, word):
   workdir = tmp_path / 'work'
-  extra = [f'--workdir={workdir}'] if module.startswith('experiments') and not any(
-      a.startswith('--workdir') for a in args) else []
-  extra += [f'--outdir={workdir}'] if module == 'benchmarks.scaling' and not any(
-      a.startswith('--outdir') for a in args) else []
+  flag = OUTPUT_FLAGS.get(module, '--workdir' if module.startswith('experiments') else None)
+  extra = [f'{flag}={workdir}'] if flag and not any(a.startswith(flag) for a in args) else []
   # Relative config paths resolve from the repository root.
   result = run(module, [*args, *extra], cwd=ROOT)
   assert result.returncode == 2, (result.returncode, result.stderr[-2000:])

@@ -40,7 +40,7 @@ def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch):
   # Same draws, same numbers: a second evaluation of one cell is identical.
   run = dict(sweep.validate(c))[rows[0]['run']]
   evaluator = grid.RunEvaluator(run, str(tmp_path / 'runs' / rows[0]['run']))
-  again, _, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
+  again, _, _, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
   assert again == rows[0]['errors']
 
   # Killed mid-grid: drop the last three cells from grid.jsonl; the same call recomputes only those.

@@ -12,6 +12,10 @@
 // once per group. Shapes: ids (..., n, heads, tables) int32 in [0, num_ids), stored heads before tokens
 // (cpu_kernel._ids_layout); values (..., n, heads, dim) float32 or bfloat16; out float32; valid (..., n) bool;
 // counts (..., n, heads) int32.
+// slots 0: bucket b of a table is row b of its table (num_ids rows). slots > 0 (a power of two >= 2 n, for code
+// spaces far larger than n): a table is `slots` rows addressed by an open-addressed hash of the id (linear
+// probing; each row remembers its id, so rows are exact, never shared by two ids); a reader whose id no writer
+// wrote reads nothing. So any code space costs what n buckets cost.
 //
 // anna_hyperplane_codes: anna_jax/lsh.py's hyperplane codes, code = sum_z [x . w_z > 0] << z per table, summed in
 // float32 in another order than XLA's matmul (so a vector within rounding of a hyperplane may fall either side).
@@ -58,21 +62,27 @@ struct Problem {
   float* out;
   int32_t* counts;
   int64_t n, heads, tables, dim, num_ids, direction;
+  int64_t slots;  // 0: rows indexed by id; else hashed rows per table (a power of two)
+  int64_t rows;  // rows per table: num_ids, or slots
+  int shift;  // hashed rows: 64 - log2(slots)
   int64_t group;  // tables built together
   bool normalize;
 };
 
-// A thread's bucket tables: sums [table in group][bucket][dim] and counts [table in group][bucket]. Kept
+// A thread's bucket tables: sums [table in group][row][dim], counts [table in group][row] and, for hashed rows,
+// the id each row holds plus one (0: empty) [table in group][row]. Kept
 // from call to call (fresh pages cost a fault each, microseconds on a VM) and on huge pages where the OS grants
 // them (random rows of tables many MiB large would otherwise miss the TLB).
 class Tables {
  public:
   float* sums = nullptr;
   int32_t* counts = nullptr;
+  uint32_t* keys = nullptr;
 
-  // Room for `floats` sums and `ints` counts, all zero; false if out of memory.
-  bool Clear(size_t floats, size_t ints) {
-    const size_t sum_bytes = floats * sizeof(float), bytes = sum_bytes + ints * sizeof(int32_t);
+  // Room for `floats` sums, `ints` counts and `key_ints` keys, all zero; false if out of memory.
+  bool Clear(size_t floats, size_t ints, size_t key_ints) {
+    const size_t sum_bytes = floats * sizeof(float), count_bytes = ints * sizeof(int32_t);
+    const size_t bytes = sum_bytes + count_bytes + key_ints * sizeof(uint32_t);
     if (bytes > capacity_) {
       std::free(memory_);
       constexpr size_t kHuge = size_t{1} << 21;
@@ -86,6 +96,7 @@ class Tables {
     std::memset(memory_, 0, bytes);
     sums = static_cast<float*>(memory_);
     counts = reinterpret_cast<int32_t*>(static_cast<char*>(memory_) + sum_bytes);
+    keys = reinterpret_cast<uint32_t*>(static_cast<char*>(memory_) + sum_bytes + count_bytes);
     return true;
   }
   ~Tables() { std::free(memory_); }
@@ -94,6 +105,23 @@ class Tables {
   void* memory_ = nullptr;
   size_t capacity_ = 0;
 };
+
+// The row of bucket `id` in table t - t0 of the group; -1 if hashed rows hold no such id (and `insert` is false).
+template <typename Value>
+inline int64_t Row(const Problem<Value>& p, Tables& tables, int64_t t, int32_t id, bool insert) {
+  if (p.slots == 0) return t * p.rows + id;
+  uint32_t* keys = tables.keys + t * p.rows;
+  const uint32_t key = static_cast<uint32_t>(id) + 1;
+  const uint64_t mask = static_cast<uint64_t>(p.slots) - 1;
+  for (uint64_t s = (key * 0x9E3779B97F4A7C15ull) >> p.shift;; s = (s + 1) & mask) {  // Fibonacci hashing
+    if (keys[s] == key) return t * p.rows + s;
+    if (keys[s] == 0) {
+      if (!insert) return -1;
+      keys[s] = key;  // at most n ids per table in >= 2 n rows: a free row is always found
+      return t * p.rows + s;
+    }
+  }
+}
 
 // Adds writer token i's value row (head h) to its buckets in tables [t0, t1). False on an id out of range.
 template <typename Value, int64_t kDim>
@@ -106,7 +134,7 @@ inline bool Write(const Problem<Value>& p, int64_t b, int64_t h, int64_t i, int6
   for (int64_t t = t0; t < t1; ++t) {
     const int32_t id = ids[t];
     if (id < 0 || id >= p.num_ids) return false;
-    const int64_t bucket = (t - t0) * p.num_ids + id;
+    const int64_t bucket = Row(p, tables, t - t0, id, true);
     float* __restrict row = tables.sums + bucket * dim;
     for (int64_t d = 0; d < dim; ++d) row[d] += ToFloat(value[d]);
     tables.counts[bucket] += 1;
@@ -118,7 +146,7 @@ inline bool Write(const Problem<Value>& p, int64_t b, int64_t h, int64_t i, int6
 // after the last group it writes the final row (normalised, or zeros for a padded reader).
 template <typename Value, int64_t kDim>
 inline bool Read(const Problem<Value>& p, int64_t b, int64_t h, int64_t i, int64_t t0, int64_t t1,
-                 const Tables& tables, float* __restrict acc) {
+                 Tables& tables, float* __restrict acc) {
   const int64_t dim = kDim ? kDim : p.dim;
   float local[kDim ? kDim : 1];  // a known width keeps the running sum in registers
   if (kDim) acc = local;
@@ -131,7 +159,8 @@ inline bool Read(const Problem<Value>& p, int64_t b, int64_t h, int64_t i, int64
   for (int64_t t = t0; t < t1; ++t) {
     const int32_t id = ids[t];
     if (id < 0 || id >= p.num_ids) return false;
-    const int64_t bucket = (t - t0) * p.num_ids + id;
+    const int64_t bucket = Row(p, tables, t - t0, id, false);
+    if (bucket < 0) continue;  // no writer hashed here
     const float* __restrict row = tables.sums + bucket * dim;
     for (int64_t d = 0; d < dim; ++d) acc[d] += row[d];
     count += tables.counts[bucket];
@@ -152,8 +181,8 @@ bool AttendTask(const Problem<Value>& p, int64_t task, Tables& tables, float* ac
   const int64_t b = task / p.heads, h = task % p.heads;
   for (int64_t t0 = 0; t0 < p.tables; t0 += p.group) {
     const int64_t t1 = std::min(p.tables, t0 + p.group);
-    const size_t buckets = static_cast<size_t>((t1 - t0) * p.num_ids);
-    if (!tables.Clear(buckets * p.dim, buckets)) return false;
+    const size_t buckets = static_cast<size_t>((t1 - t0) * p.rows);
+    if (!tables.Clear(buckets * p.dim, buckets, p.slots ? buckets : 0)) return false;
     bool ok = true;
     if (p.direction == 0) {
       for (int64_t i = 0; i < p.n; ++i) ok &= Write<Value, kDim>(p, b, h, i, t0, t1, tables);
@@ -204,7 +233,8 @@ ffi::Error BucketAttendTyped(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& read_
                              ffi::Buffer<ffi::S32>& write_ids, ffi::AnyBuffer& values,
                              ffi::Buffer<ffi::PRED>& read_valid, ffi::Buffer<ffi::PRED>& write_valid,
                              ffi::Result<ffi::Buffer<ffi::F32>>& out, ffi::Result<ffi::Buffer<ffi::S32>>& counts,
-                             int64_t num_ids, int64_t direction, bool normalize, int64_t group_bytes) {
+                             int64_t num_ids, int64_t slots, int64_t direction, bool normalize,
+                             int64_t group_bytes) {
   const auto ids_dims = read_ids.dimensions();
   const auto value_dims = values.dimensions();
   const size_t rank = ids_dims.size();
@@ -215,6 +245,9 @@ ffi::Error BucketAttendTyped(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& read_
       return ffi::Error::InvalidArgument("anna_bucket_attend: ids and values disagree in shape");
   if (write_ids.dimensions()[rank - 1] != ids_dims[rank - 1] || num_ids < 1 || direction < 0 || direction > 2)
     return ffi::Error::InvalidArgument("anna_bucket_attend: bad tables, num_ids or direction");
+  const int64_t n = ids_dims[rank - 3];
+  if (slots < 0 || (slots & (slots - 1)) != 0 || (slots > 0 && slots < 2 * n))
+    return ffi::Error::InvalidArgument("anna_bucket_attend: slots must be 0 or a power of two >= 2 n");
   if (read_valid.element_count() * ids_dims[rank - 2] != read_ids.element_count() / ids_dims[rank - 1] ||
       write_valid.element_count() != read_valid.element_count())
     return ffi::Error::InvalidArgument("anna_bucket_attend: valid must have shape (..., n)");
@@ -231,12 +264,16 @@ ffi::Error BucketAttendTyped(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& read_
   p.tables = ids_dims[rank - 1];
   p.dim = value_dims[rank - 1];
   p.num_ids = num_ids;
+  p.slots = slots;
+  p.rows = slots ? slots : num_ids;
+  p.shift = 64;
+  for (int64_t s = slots; s > 1; s >>= 1) --p.shift;
   p.direction = direction;
   p.normalize = normalize;
   const int64_t batch = p.n > 0 ? read_valid.element_count() / p.n : 0;
   if (batch == 0 || p.heads == 0) return ffi::Error::Success();
   // Tables per pass: as many as fit group_bytes (at least one).
-  const int64_t table_bytes = num_ids * (p.dim + 1) * 4;
+  const int64_t table_bytes = p.rows * (p.dim + (slots ? 2 : 1)) * 4;
   p.group = std::max<int64_t>(1, std::min<int64_t>(p.tables, group_bytes / table_bytes));
   const int64_t num_tasks = batch * p.heads;
 
@@ -257,14 +294,14 @@ ffi::Error BucketAttendTyped(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& read_
 ffi::Error BucketAttend(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> read_ids, ffi::Buffer<ffi::S32> write_ids,
                         ffi::AnyBuffer values, ffi::Buffer<ffi::PRED> read_valid,
                         ffi::Buffer<ffi::PRED> write_valid, ffi::Result<ffi::Buffer<ffi::F32>> out,
-                        ffi::Result<ffi::Buffer<ffi::S32>> counts, int64_t num_ids, int64_t direction,
-                        bool normalize, int64_t group_bytes) {
+                        ffi::Result<ffi::Buffer<ffi::S32>> counts, int64_t num_ids, int64_t slots,
+                        int64_t direction, bool normalize, int64_t group_bytes) {
   if (values.element_type() == ffi::DataType::F32)
     return BucketAttendTyped<float>(pool, read_ids, write_ids, values, read_valid, write_valid, out, counts,
-                                    num_ids, direction, normalize, group_bytes);
+                                    num_ids, slots, direction, normalize, group_bytes);
   if (values.element_type() == ffi::DataType::BF16)
     return BucketAttendTyped<uint16_t>(pool, read_ids, write_ids, values, read_valid, write_valid, out, counts,
-                                       num_ids, direction, normalize, group_bytes);
+                                       num_ids, slots, direction, normalize, group_bytes);
   return ffi::Error::InvalidArgument("anna_bucket_attend: values must be float32 or bfloat16");
 }
 
@@ -375,6 +412,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AnnaBucketAttend, BucketAttend,
                                   .Ret<ffi::Buffer<ffi::F32>>()   // out (at the readers)
                                   .Ret<ffi::Buffer<ffi::S32>>()   // counts (at the readers)
                                   .Attr<int64_t>("num_ids")
+                                  .Attr<int64_t>("slots")
                                   .Attr<int64_t>("direction")
                                   .Attr<bool>("normalize")
                                   .Attr<int64_t>("group_bytes"));

@@ -1,0 +1,170 @@
+"""How ANNA's budget must grow with N, from a finished Match2 sweep over N (experiments/configs/match2_growing_n.py).
+
+  python -m experiments.n_scaling --workdir=runs/match2_growing_n --out=experiments/results/match2_growing_n
+
+Reads grid.jsonl (each surrogate, one per N, evaluated with `anna` over tables x hashes x draws). Per N: the
+surrogate's error, the best cell, and the cheapest cell (cost l (z + 1) hash evaluations and bucket reads per
+token) whose mean error is within `--tolerance` of the surrogate's, or, where none is, within `--tolerance` of the
+best cell's ("best reachable"). Writes n_scaling.md (the table), n_scaling.png (error against N at fixed cells; the
+cheapest cell's l, z and cost against N with fitted slopes beside Theorem 3.4's rates; collision statistics against
+N) and n_scaling.jsonl (the table's rows).
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+from absl import app, flags
+
+from anna_jax.tasks import match2_modulus
+from experiments import grid, plots
+from experiments.cli import fail, flags_parser, quiet_console
+from experiments.files import write_atomic
+
+
+def define_flags():
+  """This program's flags (defined when it runs, so importing the module for its functions defines none)."""
+  return {
+      'workdir': flags.DEFINE_string('workdir', 'runs/match2_growing_n', 'The sweep workdir (grid.jsonl).'),
+      'out': flags.DEFINE_string('out', '', 'Where n_scaling.md, .png and .jsonl go (default: the workdir).'),
+      'tolerance': flags.DEFINE_float('tolerance', 0.01, 'A cell counts as reaching an error within this much.'),
+      'fixed': flags.DEFINE_list('fixed_cells', ['8:1', '16:2', '32:4', '128:6'], 'Cells (tables:hashes) whose '
+                                 'error, no-collision fraction and collisions are plotted against N.'),
+  }
+
+
+def sequence_length(row):
+  """N of a grid row: its settings' task.match2.n, else the run name's n=..."""
+  n = (row.get('settings') or {}).get('task.match2.n')
+  if n is None:
+    match = re.search(r'(?:^|-)n=(\d+)', row['run'])
+    n = int(match.group(1)) if match else None
+  return n
+
+
+def cost(row):
+  return row['tables'][0] * (row['hashes'] + 1)
+
+
+def cheapest(rows, target):
+  """The cheapest row with mean <= target (ties: lower error), or None."""
+  within = [r for r in rows if r['mean'] <= target + 1e-12]
+  return min(within, key=lambda r: (cost(r), r['mean'])) if within else None
+
+
+def summarise(rows, tolerance):
+  """One dict per N: surrogate error, best cell, cheapest cell within tolerance (and whether of the surrogate)."""
+  by_n = {}
+  for r in grid.latest_rows(rows):
+    n = sequence_length(r)
+    if n is not None and len(r['tables']) == 1:
+      by_n.setdefault(n, []).append(r)
+  table = []
+  for n in sorted(by_n):
+    mine = by_n[n]
+    surrogate = mine[0]['surrogate_error']
+    best = min(mine, key=lambda r: (r['mean'], cost(r)))
+    of_surrogate = cheapest(mine, surrogate + tolerance)
+    pick = of_surrogate or cheapest(mine, best['mean'] + tolerance)
+    table.append({
+        'n': n, 'modulus': (mine[0].get('settings') or {}).get('task.match2.modulus') or match2_modulus(n),
+        'run': mine[0]['run'], 'step': mine[0]['step'], 'surrogate_error': surrogate,
+        'best': {'tables': best['tables'][0], 'hashes': best['hashes'], 'error': best['mean'], 'std': best['std']},
+        'cheapest': {'tables': pick['tables'][0], 'hashes': pick['hashes'], 'error': pick['mean'], 'cost': cost(pick),
+                     'within': 'surrogate' if of_surrogate else 'best'},
+        'cells': len(mine), 'draws': mine[0]['draws']})
+  return table, by_n
+
+
+def markdown(table, tolerance):
+  lines = ['# Match2 as N grows: the trained surrogate, and `anna` (Algorithm 1) swapped in', '',
+           f'Cost of a cell: l (z + 1) per token. "Cheapest" is the cheapest cell with mean error within {tolerance} '
+           'of the surrogate\'s, or, marked *, within that of the best cell (the surrogate\'s error is not '
+           'reachable in the grid).', '',
+           '| N | M | steps | surrogate error | best cell (l, z): error | cheapest cell (l, z): error, cost |',
+           '|---|---|---|---|---|---|']
+  for t in table:
+    b, c = t['best'], t['cheapest']
+    star = '' if c['within'] == 'surrogate' else ' *'
+    lines.append(f"| {t['n']} | {t['modulus']} | {t['step']} | {t['surrogate_error']:.4f} | "
+                 f"({b['tables']}, {b['hashes']}): {b['error']:.4f} +- {b['std']:.4f} | "
+                 f"({c['tables']}, {c['hashes']}): {c['error']:.4f}, {c['cost']}{star} |")
+  if len(table) >= 2:
+    ns = [t['n'] for t in table]
+    slopes = {name: plots.fitted_slope(np.log2(ns), np.log2([t['cheapest'][name] for t in table]))
+              for name in ('tables', 'cost')}
+    z_slope = plots.fitted_slope(np.log2(ns), [t['cheapest']['hashes'] for t in table])
+    lines += ['', f"Fitted on the cheapest cells: l ~ N^{slopes['tables']:.2f}, cost ~ N^{slopes['cost']:.2f}, "
+              f'z ~ {z_slope:.2f} log2 N. {plots.THEOREM_34}.']
+  return '\n'.join(lines) + '\n'
+
+
+def figure(table, by_n, fixed):
+  import matplotlib.pyplot as plt
+
+  ns = [t['n'] for t in table]
+  fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+  ax = axes[0]
+  for l, z in fixed:
+    points = [(n, r['mean']) for n in ns for r in by_n[n] if r['tables'][0] == l and r['hashes'] == z]
+    if points:
+      ax.plot(*zip(*points), 'o-', label=f'l={l}, z={z}')
+  ax.plot(ns, [t['surrogate_error'] for t in table], 'k--', label='surrogate')
+  ax.set(xscale='log', xlabel='N', ylabel='test error', title='error against N at fixed cells')
+  ax.legend(fontsize=8)
+  ax = axes[1]
+  for name, marker in (('tables', 'o'), ('cost', 's')):
+    y = [t['cheapest'][name] for t in table]
+    slope = plots.fitted_slope(np.log2(ns), np.log2(y))
+    ax.plot(ns, y, marker + '-', label=f'{name} (slope {slope:.2f})' if slope is not None else name)
+  ax.set(xscale='log', yscale='log', xlabel='N', title='cheapest cell: l and l (z + 1) (log-log)')
+  ax.legend(fontsize=8)
+  ax = axes[2]
+  z = [t['cheapest']['hashes'] for t in table]
+  slope = plots.fitted_slope(np.log2(ns), z)
+  ax.plot(np.log2(ns), z, 'o-', label=f'cheapest cell (slope {slope:.2f})' if slope is not None else 'cheapest cell')
+  ax.set(xlabel='log2 N', ylabel='z', title='hashes needed: Theorem 3.4 says z = Theta(log N)')
+  ax.legend(fontsize=8)
+  ax = axes[3]
+  for l, z in fixed:
+    points = [(n, r['no_collision_fraction'], r.get('mean_collisions')) for n in ns for r in by_n[n]
+              if r['tables'][0] == l and r['hashes'] == z]
+    if points:
+      line, = ax.plot([p[0] for p in points], [p[1] for p in points], 'o-', label=f'no collision, l={l} z={z}')
+      if all(p[2] is not None for p in points):
+        ax.plot([p[0] for p in points], [p[2] / p[0] for p in points], 's:', color=line.get_color(),
+                label=f'collisions / N, l={l} z={z}')
+  ax.set(xscale='log', yscale='log', xlabel='N', title='no-collision fraction; collisions per query / N')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return plots.png(fig)[0]
+
+
+def main(argv):
+  del argv
+  quiet_console()
+  path = os.path.join(FLAGS['workdir'].value, 'grid.jsonl')
+  rows = grid.read_rows(path)
+  if not rows:
+    fail(f'no grid rows in {path}: run experiments.grid (or experiments.main) on the sweep first', 'n_scaling')
+  try:
+    fixed = [tuple(int(v) for v in cell.split(':')) for cell in FLAGS['fixed'].value]
+  except ValueError:
+    fail(f'--fixed_cells wants tables:hashes pairs, got {FLAGS["fixed"].value}', 'n_scaling')
+  table, by_n = summarise(rows, FLAGS['tolerance'].value)
+  if not table:
+    fail(f'no Match2 grid rows with a sequence length in {path}', 'n_scaling')
+  out = FLAGS['out'].value or FLAGS['workdir'].value
+  os.makedirs(out, exist_ok=True)
+  write_atomic(os.path.join(out, 'n_scaling.md'), markdown(table, FLAGS['tolerance'].value))
+  write_atomic(os.path.join(out, 'n_scaling.jsonl'), ''.join(json.dumps(t, sort_keys=True) + '\n' for t in table))
+  write_atomic(os.path.join(out, 'n_scaling.png'), figure(table, by_n, fixed))
+  print(markdown(table, FLAGS['tolerance'].value))
+
+
+FLAGS = {}  # set by define_flags() when run as a program
+
+if __name__ == '__main__':
+  FLAGS.update(define_flags())
+  app.run(main, flags_parser=flags_parser('n_scaling'))
