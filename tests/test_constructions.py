@@ -103,4 +103,7 @@ def test_n_scaling_picks_the_cheapest_cell_near_the_surrogate_or_the_best():
   assert (first['best']['tables'], first['best']['hashes']) == (16, 2)
   # N = 64: nothing within 0.01 of the surrogate; the cheapest within 0.01 of the best (0.1) is (8, 3).
   assert (second['cheapest']['tables'], second['cheapest']['within']) == (8, 'best')
-  assert '| 64 | 79 | 100 |' in n_scaling.markdown(table, 0.01)
+  text = n_scaling.markdown(table, 0.01)
+  assert '| 64 | 79 | 100 | 0.0000 | 3 x 3 |' in text and 'l ~ N^' in text  # both surrogates solve: slopes fitted
+  unsolved, _ = n_scaling.summarise([dict(r, surrogate_error=0.2) if r['tables'] == [4] else r for r in rows], 0.01)
+  assert 'No fit: 1 N' in n_scaling.markdown(unsolved, 0.01)  # one N's surrogate errs 20%: no slope from one N
