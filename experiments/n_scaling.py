@@ -150,11 +150,11 @@ def figure(table, by_n, fixed):
               if r['tables'][0] == l and r['hashes'] == z]
     if points:
       line, = ax.plot([p[0] for p in points], [p[1] for p in points], 'o-', label=f'no collision, l={l} z={z}')
-      if all(p[2] is not None for p in points):
-        ax.plot([p[0] for p in points], [p[2] / p[0] for p in points], 's:', color=line.get_color(),
-                label=f'collisions / N, l={l} z={z}')
-  ax.set(xscale='log', yscale='log', xlabel='N', title='no-collision fraction; collisions per query / N')
-  ax.legend(fontsize=7)
+      known = [p for p in points if p[2] is not None]  # grids before collisions were recorded lack them
+      ax.plot([p[0] for p in known], [p[2] / (l * p[0]) for p in known], 's:', color=line.get_color(),
+              label=f'collisions / (l N), l={l} z={z}')
+  ax.set(xscale='log', xlabel='N', title='no-collision fraction (o); share of keys a query meets per table (s)')
+  ax.legend(fontsize=6)
   fig.tight_layout()
   return plots.png(fig)[0]
 

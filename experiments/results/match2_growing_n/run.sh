@@ -1,0 +1,13 @@
+#!/bin/sh
+# Match2 as N grows (experiments/configs/match2_growing_n.py), on the 2-core CPU, 2026-12-02/03.
+# One command per N (its own step budget); each trains the surrogate, then evaluates it with `anna` over the
+# grid. Rerun to resume a cut run. Then the report: tables and plots into this folder.
+set -e
+W=${WORKDIR:-runs/match2_growing_n}
+C=experiments/configs/match2_growing_n.py
+PY=${PYTHON:-.venv/bin/python}
+for ns in 32:20000 64:20000 128:10000 256:5000 512:3000; do
+  $PY -m experiments.main --config=$C --workdir=$W --config.sweep.task.match2.n="(${ns%%:*},)" \
+      --config.train.steps=${ns##*:}
+done
+$PY -m experiments.n_scaling --workdir=$W --out=experiments/results/match2_growing_n
