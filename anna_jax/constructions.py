@@ -36,6 +36,7 @@ import numpy as np
 
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.baselines import full_blockwise_attention
+from anna_jax.tasks import is_prime
 
 
 def max_false_cosine(frequencies, modulus, chunk=2**16):
@@ -65,7 +66,7 @@ class Match2Construction:
 
 def build(modulus, width=128, seed=0):
   """The construction for residues mod `modulus` (a prime) with embeddings of even `width`."""
-  if modulus < 3 or any(modulus % p == 0 for p in range(2, math.isqrt(modulus) + 1)):
+  if modulus < 3 or not is_prime(modulus):
     raise ValueError(f'the construction needs a prime modulus >= 3, got {modulus}')
   if width < 2 or width % 2:
     raise ValueError(f'width must be even and >= 2, got {width}')

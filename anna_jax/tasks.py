@@ -24,11 +24,15 @@ def match2_labels(x, modulus):
   return present[rows, (modulus - flat) % modulus].astype(jnp.int32).reshape(x.shape)
 
 
+def is_prime(m):
+  return m >= 2 and all(m % p for p in range(2, math.isqrt(m) + 1))
+
+
 def match2_modulus(n):
   """The modulus Match2 over n tokens gets by default: the smallest prime >= 37 n / 32 (the paper's N = 32,
   M = 37 ratio), so about as many residues exist as tokens at every n, and balanced sets stay easy to draw."""
   m = max(5, math.ceil(37 * n / 32))
-  while any(m % p == 0 for p in range(2, math.isqrt(m) + 1)):
+  while not is_prime(m):
     m += 1
   return m
 
