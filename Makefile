@@ -10,7 +10,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-.PHONY: install run test bench
+.PHONY: install run test bench device-check
 install: $(STAMP)
 
 run: $(STAMP)
@@ -21,3 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.scaling $(ARGS)
+
+# The prepared GPU check (benchmarks/device_check.sh): scaling benchmark, then the induction surrogate. OUT=folder.
+device-check: $(STAMP)
+	PYTHON=$(PY) sh benchmarks/device_check.sh $(or $(OUT),results/device_check)

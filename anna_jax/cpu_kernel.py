@@ -1,4 +1,5 @@
-"""The C++ kernels of `anna`'s CPU loop plan (kernels/anna_cpu.cc): built on first use, registered with XLA.
+"""The C++ kernels of the CPU loop plans of `anna` (kernels/anna_cpu.cc) and `anna_softmax`
+(kernels/anna_softmax_cpu.cc): built on first use into one library, registered with XLA.
 
 Algorithm 1 is hashing, then scatter-adds and gathers of value rows. XLA's CPU scatter and gather cost tens of
 nanoseconds per row, several times the memory they touch, and its hashing makes several passes over the
@@ -10,8 +11,11 @@ project's 2-core VM: the whole forward 118-139 ms with XLA's loops, 28-57 ms wit
   Code spaces up to max(n, KERNEL_MIN_IDS) index a table's rows directly; larger ones (many hashes per table,
   as exact matches at large n need) address 2n-4n rows by an open-addressed hash of the code, exact on that
   hash's collisions (each row remembers its code), so any z costs what z = log2 n costs.
-Both are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool. This module is
-the one place that decides whether they run (`serves`), and holds `attend`, the kernel under a custom VJP.
+And `anna_softmax`'s CPU plan (kernels/anna_softmax_cpu.cc): `softmax_attend`, its forward and backward kernels
+under a custom VJP (same pairs as its XLA plans; each query's union gathered once, nothing stored for the backward).
+All are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool. This module is
+the one place that decides whether they run (`serves`), and holds `attend` and `softmax_attend`, the kernels
+under their custom VJPs.
 
 Built once per machine with the system C++ compiler ($CXX, default c++) against jaxlib's bundled XLA FFI
 headers, into $ANNA_JAX_CACHE (default ~/.cache/anna_jax), keyed by the source, the flags, the compiler, jaxlib
@@ -27,16 +31,21 @@ import os
 import platform
 import subprocess
 import tempfile
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 from absl import logging
 
 from anna_jax import lsh
 
-TARGETS = {'anna_bucket_attend': 'AnnaBucketAttend', 'anna_hyperplane_codes': 'AnnaHyperplaneCodes'}
-SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'anna_cpu.cc')
+TARGETS = {'anna_bucket_attend': 'AnnaBucketAttend', 'anna_hyperplane_codes': 'AnnaHyperplaneCodes',
+           'anna_softmax_forward': 'AnnaSoftmaxForward', 'anna_softmax_backward': 'AnnaSoftmaxBackward'}
+_KERNELS = os.path.join(os.path.dirname(__file__), 'kernels')
+SOURCES = tuple(os.path.join(_KERNELS, name) for name in ('anna_cpu.cc', 'anna_softmax_cpu.cc'))
+HEADERS = (os.path.join(_KERNELS, 'kernel_common.h'),)
 # Bucket tables one (batch row, head) task builds together: at most this many bytes of sums and counts per
 # thread. At n = 1M (z = 15: 8.5 MB per table) all 8 tables fit: one pass over v and out. Fewer tables per
 # pass, each small enough for the caches, measured slower there (the kernel alone, one run each: 9.9 s with 1
@@ -69,9 +78,9 @@ def _cache_dir():
 
 
 def _compile(compiler, flags, output):
-  """Compiles SOURCE to `output` (atomically: a half-written library is never loaded); the error, or None."""
+  """Compiles SOURCES to `output` (atomically: a half-written library is never loaded); the error, or None."""
   partial = f'{output}.{os.getpid()}.tmp'
-  command = [compiler, *flags, f'-I{jax.ffi.include_dir()}', SOURCE, '-o', partial]
+  command = [compiler, *flags, f'-I{jax.ffi.include_dir()}', *SOURCES, '-o', partial]
   try:
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   except (OSError, subprocess.SubprocessError) as e:
@@ -85,8 +94,10 @@ def _compile(compiler, flags, output):
 
 def _build():
   """Path of the built library (compiling it if this machine has none yet); raises RuntimeError if it cannot."""
-  with open(SOURCE, 'rb') as f:
-    source = f.read()
+  source = b''
+  for path in SOURCES + HEADERS:
+    with open(path, 'rb') as f:
+      source += f.read()
   compiler = os.environ.get('CXX', 'c++')
   try:
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True, timeout=60).stdout
@@ -102,7 +113,7 @@ def _build():
     if error is None:
       return output
     errors.append(error)
-  raise RuntimeError(f'could not compile {SOURCE}: {errors[-1]}')
+  raise RuntimeError(f'could not compile {_KERNELS}: {errors[-1]}')
 
 
 @functools.cache
@@ -184,8 +195,8 @@ KERNEL_MIN_IDS = 4096
 
 
 def serves(plan):
-  """Whether `anna` runs these kernels: the 'cpu' plan (resolved) and a built library. Otherwise `anna` runs
-  its scan plan (pure XLA, same outputs)."""
+  """Whether `anna` and `anna_softmax` run these kernels: the 'cpu' plan (resolved) and a built library.
+  Otherwise `anna` runs its scan plan and `anna_softmax` its XLA loops (pure XLA, same outputs)."""
   return plan == 'cpu' and available()
 
 
@@ -220,3 +231,66 @@ def _attend_bwd(num_ids, causal, v_dtype, residuals, cotangents):
 
 
 attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+class SoftmaxLayout(NamedTuple):
+  """What `softmax_attend` reads besides arrays (anna_softmax's `route`, see kernels/anna_softmax_cpu.cc)."""
+  num_ids: int  # code space of the ids
+  key_slots: int  # the padded length the non-causal window starts are clipped to (key_slots - window)
+  window: int
+  chunk: int
+  causal: bool
+  uniform: bool  # uniform weights over the collisions, else softmax(q.k * scale)
+  scale: float
+
+  def attributes(self):
+    return dict(num_ids=int(self.num_ids), key_slots=int(self.key_slots), window=int(self.window),
+                chunk=int(self.chunk), causal=bool(self.causal), uniform=bool(self.uniform),
+                scale=np.float32(self.scale), query_major_bytes=int(QUERY_MAJOR_BYTES))
+
+
+# The softmax kernels walk a (batch row, head) query by query while its k and v rows take at most this many bytes
+# (each query's keys are then cache hits), else table by table over key rows gathered in sorted order.
+QUERY_MAJOR_BYTES = 2**23
+
+
+def _softmax_call(name, results, ids_rank, argument_count):
+  ids_layout = _ids_layout(ids_rank)
+  layouts = [None] * argument_count
+  layouts[3] = layouts[4] = ids_layout
+  return jax.ffi.ffi_call(name, results, vmap_method='broadcast_all', input_layouts=tuple(layouts))
+
+
+def _softmax_forward(q, k, v, q_ids, k_ids, valid, layout):
+  _require()
+  results = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(q.shape[:-1], jnp.float32),
+             jax.ShapeDtypeStruct((*q.shape[:-3], q.shape[-2], 2), jnp.float32))
+  return _softmax_call('anna_softmax_forward', results, q_ids.ndim, 6)(q, k, v, q_ids, k_ids, valid,
+                                                                       **layout.attributes())
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def softmax_attend(q, k, v, q_ids, k_ids, valid, layout):
+  """anna_softmax on the CPU: (output (..., n, heads, dim), stats (..., heads, 2): collisions and read pairs).
+
+  q, k, v: (..., n, heads, dim) float32; q_ids, k_ids: (..., n, heads, tables) int32 (`bucket_ids`); valid
+  (..., n) bool; layout: SoftmaxLayout. The VJP is the backward kernel: from the output and each query's
+  log-sum-exp it recomputes the weights (nothing n x n stored) and returns dq, dk, dv."""
+  out, _, stats = _softmax_forward(q, k, v, q_ids, k_ids, valid, layout)
+  return out, stats
+
+
+def _softmax_attend_fwd(q, k, v, q_ids, k_ids, valid, layout):
+  out, lse, stats = _softmax_forward(q, k, v, q_ids, k_ids, valid, layout)
+  return (out, stats), (q, k, v, q_ids, k_ids, valid, out, lse)
+
+
+def _softmax_attend_bwd(layout, residuals, cotangents):
+  q, k, v, q_ids, k_ids, valid, out, lse = residuals
+  results = tuple(jax.ShapeDtypeStruct(q.shape, jnp.float32) for _ in range(3))
+  dq, dk, dv = _softmax_call('anna_softmax_backward', results, q_ids.ndim, 9)(
+      q, k, v, q_ids, k_ids, valid, out, lse, cotangents[0].astype(jnp.float32), **layout.attributes())
+  return dq, dk, dv, None, None, None
+
+
+softmax_attend.defvjp(_softmax_attend_fwd, _softmax_attend_bwd)

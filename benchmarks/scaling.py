@@ -28,6 +28,7 @@ ratios, report, plot, files); this file only reads the flags.
 
 import dataclasses
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -71,6 +72,8 @@ _MAX_CALL = flags.DEFINE_float('max_call_seconds', 60.0, 'After a call slower th
                                'same kind and mode are skipped as over_budget.')
 _MEMORY_BUDGET = flags.DEFINE_float('memory_budget_gb', 0.0, 'Skip points whose compiled peak memory exceeds '
                                     'this; 0 = 85% of device memory (host RAM on CPU).')
+_BUDGET = flags.DEFINE_float('budget_seconds', 0.0, 'Stop measuring after this many seconds (0: never); the points '
+                             'left are recorded as skipped. Lengths run in increasing order, every kind at each.')
 _OUTDIR = flags.DEFINE_string('outdir', 'results/scaling', 'Where the CSV, JSON, report, plot and TensorBoard go.')
 _PROFILE = flags.DEFINE_bool('profile', False, 'Write a jax.profiler trace of one call per point to outdir/trace.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Inputs and random projections.')
@@ -123,18 +126,22 @@ def main(argv):
   peak = measure.matmul_peak(jnp.dtype(s.dtype))
   trace_dir = os.path.join(_OUTDIR.value, 'trace') if _PROFILE.value else None
   logging.info('device %s, memory budget %.1f GiB, matmul peak %.1f GFLOP/s', device, budget / 2**30, peak)
-  records = []
-  for mode in _MODES.value:
-    for kind in kinds:
-      too_slow = False
-      for n in sorted(lengths):
-        if too_slow:
+  records, too_slow, start = [], set(), time.perf_counter()
+  # Lengths outermost, so a run cut by --budget_seconds has measured every kind and mode up to some length.
+  for n in sorted(lengths):
+    for mode in _MODES.value:
+      for kind in kinds:
+        if (kind, mode) in too_slow:
           records.append(measure.Record(kind, mode, n, 'over_budget',
                                         note=f'an earlier length took > {s.max_call_seconds}s'))
           continue
+        if _BUDGET.value and time.perf_counter() - start > _BUDGET.value:
+          records.append(measure.Record(kind, mode, n, 'skipped', note=f'past --budget_seconds={_BUDGET.value:g}'))
+          continue
         record = measure.measure(s, kind, mode, n, budget, peak, trace_dir)
         records.append(record)
-        too_slow = record.status == 'ok' and record.median_seconds > s.max_call_seconds
+        if record.status == 'ok' and record.median_seconds > s.max_call_seconds:
+          too_slow.add((kind, mode))
         logging.info('%-14s %-7s n=%-7d %-11s %s (%s)', kind, mode, n, record.status,
                      report.format_seconds(record.median_seconds), report.quality_cell(record) or record.setting)
   report.write_outputs(records, _OUTDIR.value, device, settings, peak)

@@ -53,10 +53,13 @@ class TrainConfig:
   log_every: int = 100  # steps between console / TensorBoard logs
   checkpoint_every: int = 200  # steps between Orbax checkpoints (and at the end)
   keep_checkpoints: int = 2  # checkpoints kept on disk
+  # > 0: stop once training has run this many seconds, with a checkpoint and an evaluation (status
+  # 'time_limit', the result's steps those completed), so the same command resumes: a fixed slice of a machine.
+  time_limit_s: float = 0.0
 
   def __post_init__(self):
     check_at_least('train', self, 1, ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'))
-    check_at_least('train', self, 0, ('train_size', 'num_devices'))
+    check_at_least('train', self, 0, ('train_size', 'num_devices', 'time_limit_s'))
 
 
 @dataclasses.dataclass(frozen=True)

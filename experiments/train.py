@@ -210,8 +210,9 @@ def train_and_evaluate(config, workdir, tb_dir=None, label=''):
 
 def run(x, workdir, tb_dir=None, label=''):
   """Trains the built Experiment `x` in `workdir` (resuming from its latest checkpoint); returns the result dict:
-  every config field the run read ('model.depth', ...), the last metrics, and status: 'done', or 'nan' when a
-  non-finite loss stopped the run (the last good checkpoint is kept). `label` prefixes console progress lines.
+  every config field the run read ('model.depth', ...), the last metrics, and status: 'done', 'nan' when a
+  non-finite loss stopped the run (the last good checkpoint is kept), or 'time_limit' (train.time_limit_s; steps
+  is then the steps completed, so a sweep resumes it). `label` prefixes console progress lines.
   """
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(x)
@@ -256,6 +257,7 @@ def run(x, workdir, tb_dir=None, label=''):
     return True
 
   train_start = time.perf_counter()
+  limit = x.train.time_limit_s
   for step in range(start, steps):
     state, metrics = compiled(state, jnp.int32(step), trainer.train_set)
     if pending is not None and not finish_step(*pending):
@@ -263,18 +265,26 @@ def run(x, workdir, tb_dir=None, label=''):
       break
     pending = (step, metrics)
     completed = step + 1
-    if completed % x.train.checkpoint_every == 0 or completed == steps or completed % x.evaluation.every == 0:
+    out_of_time = limit > 0 and time.perf_counter() - train_start > limit and completed < steps
+    save = completed % x.train.checkpoint_every == 0 or completed == steps or out_of_time
+    evaluate = completed % x.evaluation.every == 0 or completed == steps or out_of_time
+    if save or evaluate:
       ok = finish_step(*pending)  # checkpoint and evaluate only a state whose loss was finite
       pending = None
       if not ok:
         break
-      if completed % x.train.checkpoint_every == 0 or completed == steps:
+      if save:
         manager.save(completed, args=ocp.args.StandardSave(nnx.to_pure_dict(state)))
-      if completed % x.evaluation.every == 0 or completed == steps:
+      if evaluate:
         evaluation = trainer.evaluate(state)
         writer.scalars(completed, evaluation)
         logging.info('%s eval at step %d: error %.4f', label, completed, evaluation['eval/error'])
         last.update(evaluation)
+    if out_of_time:
+      status, steps = 'time_limit', completed
+      logging.info('%s time limit (%.0f s) reached at step %d: checkpoint saved; the same command resumes',
+                   label, limit, completed)
+      break
   if pending is not None:
     finish_step(*pending)
   if status == 'done' and 'eval/error' not in last:  # killed after its final checkpoint: evaluate that

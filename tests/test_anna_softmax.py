@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anna_jax import plans
+from anna_jax import cpu_kernel, plans
 from anna_jax.anna import draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig as ANNAConfig, anna_softmax_attention as anna_attention
 from anna_jax.anna_softmax import keys_up_to, sorted_ranks
@@ -58,7 +58,9 @@ def test_anna_equals_dense_oracle_outputs_and_gradients(causal, weighting, maske
 
 
 def test_one_head_per_step_equals_batched_heads(monkeypatch):
-  # Long sequences run the (batch, head) loop one head at a time; force that path at a small n.
+  # Long sequences run the (batch, head) loop one head at a time; force that path at a small n. These are the
+  # XLA loops of the CPU plan, which run where the C++ kernel cannot be built.
+  monkeypatch.setattr(cpu_kernel, 'serves', lambda plan: False)
   n = 40
   config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16, dense_up_to=0)
   q, k, v, proj = setup(n, config, seed=4)
@@ -299,3 +301,47 @@ def test_dense_window_counts_agree_by_product_and_by_comparison():
     # Not causal: each slot's place in (bucket, position) order, against numpy's stable sort.
     ranks = np.argsort(np.argsort(q_b * 20 + np.arange(20), axis=-1), axis=-1)
     np.testing.assert_array_equal(sorted_ranks(jnp.asarray(q_b), num_buckets), ranks)
+
+
+KERNEL_CASES = {  # name: (n, heads, dim, config overrides, how q and k are drawn)
+    'overflowing windows, dim 20 (generic width)': (70, 2, 20, dict(num_hashes=2, chunk_size=8, window=8), 'normal'),
+    'cross-polytope, padding': (45, 2, 16, dict(num_hashes=1, family='crosspolytope', window=16), 'normal'),
+    'code space past 4 n (sorted, not counted)': (40, 1, 8, dict(num_hashes=14, num_tables=4), 'normal'),
+    'every key in one bucket': (50, 1, 16, dict(num_hashes=3, chunk_size=8, window=8), 'one bucket'),
+    'uniform weights': (45, 2, 16, dict(num_hashes=2, window=8, weighting='uniform'), 'normal'),
+}
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason='no C++ compiler')
+@pytest.mark.parametrize('case', KERNEL_CASES)
+@pytest.mark.parametrize('causal', [False, True])
+def test_cpu_kernel_equals_the_accelerator_plan(case, causal, monkeypatch):
+  # The kernel must attend exactly the pairs the XLA plans attend, dropped ones included: outputs, gradients of
+  # q, k and v, and the collision and drop counts, against the accelerator plan on the same hash functions;
+  # in both of its walks (query by query for small heads, table by table for long ones).
+  n, heads, dim, overrides, draw = KERNEL_CASES[case]
+  config = ANNAConfig(**{**dict(num_tables=3, chunk_size=8, window=16), **overrides})
+  q, k, v, proj = setup(n, config, heads=heads, dim=dim, seed=len(case))
+  if draw == 'one bucket':  # one direction for every query and key, lengths differ: one bucket in every table
+    q, k = (jnp.abs(x[..., :1]) * jnp.ones(dim) + 0.1 for x in (q, k))
+  mask = padding_mask(n, [n, n - 13])
+
+  def run(plan):
+    plan_config = dataclasses.replace(config, loop_plan=plan, dense_up_to=0)
+
+    def loss(q, k, v):
+      out, stats = anna_attention(q, k, v, proj, plan_config, mask=mask, causal=causal)
+      return jnp.sum(jnp.sin(out)), (out, stats)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
+
+  (_, (want, want_stats)), want_grads = run('accelerator')
+  if draw == 'one bucket' or case.startswith('overflowing'):
+    assert float(want_stats.dropped) > 0  # the windows cut: the same keys must be dropped
+  for query_major_bytes in (2**40, 0):
+    monkeypatch.setattr(cpu_kernel, 'QUERY_MAJOR_BYTES', query_major_bytes)
+    (_, (out, stats)), grads = run('cpu')
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    for g, g_want in zip(grads, want_grads):
+      np.testing.assert_allclose(g, g_want, atol=1e-5)
+    assert float(stats.collisions) == float(want_stats.collisions) > 0
+    assert float(stats.dropped) == float(want_stats.dropped)

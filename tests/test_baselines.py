@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import export
 
+from anna_jax import cpu_kernel
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 from anna_jax.baselines import causal_linear, full_attention, full_blockwise_attention
@@ -138,12 +139,14 @@ PLANS = [  # 'dense': anna_softmax's dense layout of the same windows (padded le
 
 @pytest.mark.parametrize('kind, make_config', PLANS)
 @pytest.mark.parametrize('causal', [False, True])
-def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal):
+def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal, monkeypatch):
   q, k, v = qkv(61)  # not a multiple of the chunk: the sorted layouts pad, the dense one need not
   mask = padding_mask(61, [61, 45])
 
   def attend(plan, q, k, v):
-    config = make_config(plan)
+    # 'cpu' is anna_softmax's C++ kernel; 'cpu_loops' its XLA loops, which run where no compiler is found.
+    monkeypatch.setattr(cpu_kernel, 'serves', lambda p: p == 'cpu' and plan == 'cpu' and cpu_kernel.available())
+    config = make_config('cpu' if plan == 'cpu_loops' else plan)
     if kind == 'reformer':
       out, stats = reformer_attention(q, k, v, draw_rotations(jax.random.key(0), 2, 8, config), config,
                                       mask=mask, causal=causal)
@@ -160,7 +163,7 @@ def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal):
 
   (_, (cpu, dropped)), cpu_grads = outputs_and_grads('cpu')
   assert float(dropped) > 0  # windows overflow: every layout must place the same windows
-  for plan in ('accelerator', 'dense') if kind == 'anna_softmax' else ('accelerator',):
+  for plan in ('accelerator', 'dense', 'cpu_loops') if kind == 'anna_softmax' else ('accelerator',):
     (_, (out, dropped_too)), grads = outputs_and_grads(plan)
     np.testing.assert_allclose(out, cpu, atol=1e-6)
     assert float(dropped) == float(dropped_too)
@@ -192,7 +195,9 @@ def test_accelerator_plans_export_for_cuda_with_one_loop_over_tables():
     assert loops == 1, (name, loops)
     assert 'bf16' in module and 'f32' in module  # bfloat16 inputs, float32 accumulation
   cpu_plan = dataclasses.replace(hashing, loop_plan='cpu')
-  loops, _ = exported_loops(lambda q, k, v: anna_softmax_attention(q, k, v, projections, cpu_plan)[0])
+  with pytest.MonkeyPatch.context() as patch:  # the XLA loops the CPU plan runs where no kernel can be built
+    patch.setattr(cpu_kernel, 'serves', lambda plan: False)
+    loops, _ = exported_loops(lambda q, k, v: anna_softmax_attention(q, k, v, projections, cpu_plan)[0])
   assert loops > 1  # the CPU plan's cache-sized loops: the check above can fail
 
 

@@ -101,3 +101,29 @@ def test_measure_runs_in_process_from_a_settings_object():
   assert record.dropped_fraction == 0.0 and record.relative_error < 1e-5
   with pytest.raises(ValueError, match='>= 1'):
     kinds.Settings(repeats=0)
+
+
+@pytest.mark.slow
+def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
+  # benchmarks/device_check.sh as `make device-check` runs it, shrunk: two lengths, two kinds, a 1 s scaling
+  # budget (so the second length is skipped: the budget works), then the induction surrogate for 2 s (a
+  # tiny model), which must stop on its time limit with a checkpoint and a result the same command resumes.
+  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu', PYTHON=sys.executable, LENGTHS='64,128',
+             KINDS='anna_softmax,full_blockwise', SCALING_SECONDS='1', REPEATS='1', TRAIN_SECONDS='2',
+             TRAIN_FLAGS='--config.model.width=16 --config.task.khop.n=16 --config.evaluation.test_size=8 '
+                         '--config.train.batch_size=4 --config.train.log_every=1')
+  out = tmp_path / 'check'
+  result = subprocess.run(['sh', 'benchmarks/device_check.sh', str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  for causal in ('nocausal', 'causal'):
+    with open(out / f'scaling-{causal}' / 'scaling.csv') as f:
+      status = {(r['kind'], r['mode'], r['n']): r['status'] for r in csv.DictReader(f)}
+    assert status['anna_softmax', 'forward', '64'] == 'ok'  # the first point always runs
+    later = {status[kind, mode, '128'] for kind in ('anna_softmax', 'full_blockwise') for mode in ('forward', 'train')}
+    assert later == {'skipped'}
+  (run,) = (out / 'induction' / 'runs').iterdir()
+  trained = json.loads((run / 'result.json').read_text())
+  assert trained['status'] == 'time_limit' and 0 < trained['steps'] < 400_000 and 'eval/error' in trained
+  assert (run / 'checkpoints' / str(trained['steps'])).is_dir()
+  assert 'finished' in (out / 'device.txt').read_text()

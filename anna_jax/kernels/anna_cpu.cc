@@ -23,34 +23,19 @@
 // Both run their tasks on XLA's intra-op thread pool.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <type_traits>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "kernel_common.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
-namespace ffi = xla::ffi;
 
 namespace {
 
-// Inputs come as float32 or bfloat16 (the upper half of a float32), and are summed in float32.
-inline float ToFloat(float x) { return x; }
-inline float ToFloat(uint16_t bf16) {
-  const uint32_t bits = static_cast<uint32_t>(bf16) << 16;
-  float x;
-  std::memcpy(&x, &bits, sizeof(x));
-  return x;
-}
+using anna_kernels::ParallelFor;
+using anna_kernels::ToFloat;
 
 template <typename Value>
 struct Problem {
@@ -70,9 +55,7 @@ struct Problem {
 };
 
 // A thread's bucket tables: sums [table in group][row][dim], counts [table in group][row] and, for hashed rows,
-// the id each row holds plus one (0: empty) [table in group][row]. Kept
-// from call to call (fresh pages cost a fault each, microseconds on a VM) and on huge pages where the OS grants
-// them (random rows of tables many MiB large would otherwise miss the TLB).
+// the id each row holds plus one (0: empty) [table in group][row], in one HugeBuffer.
 class Tables {
  public:
   float* sums = nullptr;
@@ -83,27 +66,17 @@ class Tables {
   bool Clear(size_t floats, size_t ints, size_t key_ints) {
     const size_t sum_bytes = floats * sizeof(float), count_bytes = ints * sizeof(int32_t);
     const size_t bytes = sum_bytes + count_bytes + key_ints * sizeof(uint32_t);
-    if (bytes > capacity_) {
-      std::free(memory_);
-      constexpr size_t kHuge = size_t{1} << 21;
-      capacity_ = (bytes + kHuge - 1) / kHuge * kHuge;
-      memory_ = std::aligned_alloc(kHuge, capacity_);
-      if (memory_ == nullptr) return capacity_ = 0, false;
-#ifdef MADV_HUGEPAGE
-      madvise(memory_, capacity_, MADV_HUGEPAGE);
-#endif
-    }
-    std::memset(memory_, 0, bytes);
-    sums = static_cast<float*>(memory_);
-    counts = reinterpret_cast<int32_t*>(static_cast<char*>(memory_) + sum_bytes);
-    keys = reinterpret_cast<uint32_t*>(static_cast<char*>(memory_) + sum_bytes + count_bytes);
+    char* memory = static_cast<char*>(buffer_.Reserve(bytes));
+    if (memory == nullptr) return false;
+    std::memset(memory, 0, bytes);
+    sums = reinterpret_cast<float*>(memory);
+    counts = reinterpret_cast<int32_t*>(memory + sum_bytes);
+    keys = reinterpret_cast<uint32_t*>(memory + sum_bytes + count_bytes);
     return true;
   }
-  ~Tables() { std::free(memory_); }
 
  private:
-  void* memory_ = nullptr;
-  size_t capacity_ = 0;
+  anna_kernels::HugeBuffer buffer_;
 };
 
 // The row of bucket `id` in table t - t0 of the group; -1 if hashed rows hold no such id (and `insert` is false).
@@ -199,35 +172,6 @@ bool AttendTask(const Problem<Value>& p, int64_t task, Tables& tables, float* ac
   return true;
 }
 
-// Runs task(i) for i in [0, num_tasks) on XLA's intra-op pool; false if any task returned false. Tasks pull
-// indices from a shared counter and the calling thread works too, so the call finishes even if no pool thread
-// ever starts; the state is shared so a task that starts late finds no work and exits safely.
-template <typename Task>
-bool ParallelFor(ffi::ThreadPool& pool, int64_t num_tasks, Task task) {
-  struct State {
-    std::atomic<int64_t> next{0}, done{0};
-    std::atomic<bool> failed{false};
-    std::mutex mutex;
-    std::condition_variable finished;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, num_tasks, task]() {
-    for (int64_t i; (i = state->next.fetch_add(1)) < num_tasks;) {
-      if (!task(i)) state->failed = true;
-      if (state->done.fetch_add(1) + 1 == num_tasks) {
-        std::lock_guard<std::mutex> lock(state->mutex);
-        state->finished.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), num_tasks) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
-  work();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->finished.wait(lock, [&] { return state->done.load() == num_tasks; });
-  return !state->failed;
-}
-
 template <typename Value>
 ffi::Error BucketAttendTyped(ffi::ThreadPool& pool, ffi::Buffer<ffi::S32>& read_ids,
                              ffi::Buffer<ffi::S32>& write_ids, ffi::AnyBuffer& values,
@@ -308,8 +252,14 @@ ffi::Error BucketAttend(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> read_ids, ff
 // Hyperplane codes (anna_jax/lsh.py's 'hyperplane' family): code = sum_z [x . w_z > 0] << z per table. A task
 // is a block of kHashBlock tokens of one batch row, all heads (their rows lie side by side in memory); a register
 // tile of kTileTokens tokens x kTileOut projections is accumulated while the head's weights stream from cache.
-constexpr int64_t kHashBlock = 64, kTileTokens = 8, kTileOut = 16;
-// kTileOut floats as one vector (GCC and Clang lower it to the machine's widest SIMD registers).
+// kTileOut floats are one SIMD register: wider vectors are split into several, and the tile's accumulators then
+// spill (on an AVX2 machine 16-float lanes ran 10x slower than 8: 7 against 74 GFLOP/s, 2026-12-03).
+#if defined(__AVX512F__)
+constexpr int64_t kTileOut = 16;
+#else
+constexpr int64_t kTileOut = 8;
+#endif
+constexpr int64_t kHashBlock = 64, kTileTokens = 8;
 typedef float Lanes __attribute__((vector_size(kTileOut * sizeof(float))));
 
 template <typename Input>
