@@ -12,7 +12,7 @@ project's 2-core VM: the whole forward 118-139 ms with XLA's loops, 28-57 ms wit
   as exact matches at large n need) address 2n-4n rows by an open-addressed hash of the code, exact on that
   hash's collisions (each row remembers its code), so any z costs what z = log2 n costs.
 And `anna_softmax`'s CPU plan (kernels/anna_softmax_cpu.cc): `softmax_attend`, its forward and backward kernels
-under a custom VJP (same pairs as its XLA plans; each query's union gathered once, nothing stored for the backward).
+under a custom VJP (same pairs as its XLA plans; the backward keeps only the output and each query's log-sum-exp).
 All are XLA FFI custom calls: they run inside the jitted program, on XLA's CPU thread pool. This module is
 the one place that decides whether they run (`serves`), and holds `attend` and `softmax_attend`, the kernels
 under their custom VJPs.

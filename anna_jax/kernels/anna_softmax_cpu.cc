@@ -35,7 +35,6 @@
 #include <cstring>
 #include <vector>
 
-
 #include "kernel_common.h"
 
 namespace {
@@ -439,7 +438,7 @@ bool TableMajorBackward(const Problem& p, int64_t task, Routing& r, Rows& rows) 
 // over the tables once (a per-key stamp), with its scores, weights and weighted sum in registers; rows packed
 // per head. Fastest while a head's rows stay in cache; past that its key rows, all over memory, are misses.
 template <int64_t kDim>
-float Unite(const Problem& p, Routing& r, const float* q, const float* k, int64_t i, int32_t mark, int64_t* size) {
+int64_t Unite(const Problem& p, Routing& r, const float* q, const float* k, int64_t i, int32_t mark, float* top) {
   // Branch-free (whether a key repeats is a coin flip) and through raw pointers (the vectors are thread-local).
   int32_t* united = r.picked.data();
   int32_t* stamp = r.stamp.data();
@@ -455,23 +454,20 @@ float Unite(const Problem& p, Routing& r, const float* q, const float* k, int64_
       stamp[j] = mark;
     }
   }
-  *size = m;
-  float* weights = r.scores.data();
-  if (m == 0) return 0.0f;
+  float* scores = r.scores.data();
   if (p.uniform) {
-    std::fill_n(weights, m, 1.0f / static_cast<float>(m));
-    return std::log(static_cast<float>(m));
+    std::fill_n(scores, m, 0.0f);
+    *top = 0.0f;
+    return m;
   }
-  float top = -INFINITY;
+  *top = -INFINITY;
   const float* q_i = q + i * p.dim;
   for (int64_t a = 0; a < m; ++a) {
     if (a + kAhead < m) PrefetchRow(k + united[a + kAhead] * p.dim, p.dim);
-    weights[a] = Dot<kDim>(q_i, k + united[a] * p.dim, p.dim) * p.scale;
-    top = std::max(top, weights[a]);
+    scores[a] = Dot<kDim>(q_i, k + united[a] * p.dim, p.dim) * p.scale;
+    *top = std::max(*top, scores[a]);
   }
-  const float total = ExpSum(weights, m, top), inverse = 1.0f / total;
-  for (int64_t a = 0; a < m; ++a) weights[a] *= inverse;
-  return top + std::log(total);
+  return m;
 }
 
 void Pack(const float* strided, const Head& head, int64_t n, int64_t dim, float* packed) {
@@ -493,9 +489,10 @@ bool QueryMajorForward(const Problem& p, int64_t task, Routing& r, Rows& rows) {
   const SortedTable& order = r.queries[0];
   for (int64_t place = 0; place < order.size; ++place) {
     const int64_t i = order.positions[place];
-    int64_t m;
-    const float lse = Unite<kDim>(p, r, q, k, i, static_cast<int32_t>(place + 1), &m);
+    float top;
+    const int64_t m = Unite<kDim>(p, r, q, k, i, static_cast<int32_t>(place + 1), &top);
     if (m == 0) continue;
+    const float total = ExpSum(r.scores.data(), m, top);  // scores become weights, not yet normalised
     float acc[kDim ? kDim : 1];
     float* __restrict sum = kDim ? acc : p.out + head.Row(i);  // a known width keeps the sum in registers
     std::fill_n(sum, dim, 0.0f);
@@ -503,13 +500,14 @@ bool QueryMajorForward(const Problem& p, int64_t task, Routing& r, Rows& rows) {
       if (a + kAhead < m) PrefetchRow(v + r.picked[a + kAhead] * dim, dim);
       AddScaled<kDim>(sum, r.scores[a], v + r.picked[a] * dim, dim);
     }
-    if (kDim) std::copy(acc, acc + dim, p.out + head.Row(i));
+    for (int64_t d = 0; d < dim; ++d) p.out[head.Row(i) + d] = sum[d] / total;
+    const float lse = top + std::log(total);
     p.lse[(b * n + i) * p.heads + h] = lse;
   }
   return true;
 }
 
-// The same walk, the weights recomputed (the forward's log-sum-exp is not needed).
+// The same walk with the forward's log-sum-exp: w_ij = exp(s_ij - lse_i) (see TableMajorBackward).
 template <int64_t kDim>
 bool QueryMajorBackward(const Problem& p, int64_t task, Routing& r, Rows& rows) {
   const Head head(p, task);
@@ -524,9 +522,10 @@ bool QueryMajorBackward(const Problem& p, int64_t task, Routing& r, Rows& rows) 
   const SortedTable& order = r.queries[0];
   for (int64_t place = 0; place < order.size; ++place) {
     const int64_t i = order.positions[place];
-    int64_t m;
-    Unite<kDim>(p, r, q, k, i, static_cast<int32_t>(place + 1), &m);
+    float top;
+    const int64_t m = Unite<kDim>(p, r, q, k, i, static_cast<int32_t>(place + 1), &top);
     if (m == 0) continue;
+    ExpSum(r.scores.data(), m, p.lse[(head.b * n + i) * p.heads + head.h]);  // the weights
     const float* dout_i = dout + i * dim;
     const float* q_i = q + i * dim;
     const float delta = Dot<kDim>(dout_i, p.out + head.Row(i), dim);
