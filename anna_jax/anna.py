@@ -144,7 +144,7 @@ def _sorted_table(q_ids, k_ids, v, k_valid, num_ids, causal):
 
 def _scan_plan(q_ids, k_ids, v, valid, num_ids, causal):
   """(sums, counts) of every query: one scan over tables, each step a few large kernels."""
-  batch, n, heads, dim = v.shape
+  n = v.shape[1]
 
   def table_step(carry, ids):
     sums, counts = carry
@@ -155,8 +155,28 @@ def _scan_plan(q_ids, k_ids, v, valid, num_ids, causal):
       table_sums, table_counts = _scatter_table(q_ids, k_ids, v, valid, num_ids)
     return (sums + table_sums, counts + table_counts), None
 
-  init = (jnp.zeros((batch, n, heads, dim), jnp.float32), jnp.zeros((batch, n, heads), jnp.int32))
+  # zeros_like keeps v's varying mesh axes, so the scan also runs inside shard_map (sequence_parallel).
+  init = (jnp.zeros_like(v, jnp.float32), jnp.zeros_like(q_ids[..., 0]))
   return jax.lax.scan(table_step, init, (jnp.moveaxis(q_ids, 3, 0), jnp.moveaxis(k_ids, 3, 0)))[0]
+
+
+def bucket_sums(read_ids, write_ids, values, read_valid, write_valid, num_ids, direction, plan):
+  """Per reader, the float32 sums of the writers' values and the counts of writers it collides with over all
+  tables (a writer colliding in t tables counts t times): (sums, counts). Shapes as `cpu_kernel.bucket_attend`:
+  ids (batch, n, heads, tables), values (batch, n, heads, dim), valids (batch, n). direction 0: every writer;
+  1: writer j for reader i iff j <= i; 2: iff j >= i. Readers that are padding get zeros.
+  """
+  if cpu_kernel.serves(plan):
+    return cpu_kernel.bucket_attend(read_ids, write_ids, values, read_valid, write_valid, num_ids=num_ids,
+                                    direction=direction, normalize=False)
+  if direction == 2:  # j >= i is j <= i read backwards
+    flip = lambda x: jnp.flip(x, axis=1)
+    sums, counts = bucket_sums(flip(read_ids), flip(write_ids), flip(values), flip(read_valid), flip(write_valid),
+                               num_ids, 1, plan)
+    return flip(sums), flip(counts)
+  sums, counts = _scan_plan(read_ids, write_ids, values, write_valid, num_ids, direction == 1)
+  read_valid = read_valid[:, :, None]
+  return jnp.where(read_valid[..., None], sums, 0.0), jnp.where(read_valid, counts, 0)
 
 
 def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):

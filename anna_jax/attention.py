@@ -26,6 +26,7 @@ from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, Unit
                                 full_attention, full_blockwise_attention, lowrank_attention, unit_norm,
                                 unit_softmax_attention)
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
+from anna_jax.sequence_parallel import SEQUENCE_AXIS, sequence_parallel_anna, sequence_parallel_anna_softmax
 
 KINDS = ('full', 'full_blockwise', 'unit_softmax', 'anna', 'anna_softmax', 'lowrank', 'reformer')
 HASHING_KINDS = ('anna', 'anna_softmax')
@@ -108,8 +109,17 @@ class HashFunctions(nnx.Module):
     return self.draw(key)
 
 
+def sequence_mesh():
+  """The mesh set by `jax.set_mesh` when it splits sequences (an axis SEQUENCE_AXIS of size > 1), else None."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if SEQUENCE_AXIS in mesh.axis_names and mesh.shape[SEQUENCE_AXIS] > 1:
+    return mesh
+  return None
+
+
 class HashingAttention(nnx.Module):
-  """`anna` (Algorithm 1) or `anna_softmax`."""
+  """`anna` (Algorithm 1) or `anna_softmax`; sequence-parallel (`anna_jax.sequence_parallel`) under a mesh
+  that splits sequences. Other kinds under such a mesh are partitioned by XLA as it sees fit."""
 
   def __init__(self, kind, config: ANNAConfig, num_heads, head_dim, *, rngs):
     self.kind, self.config = kind, config
@@ -122,8 +132,14 @@ class HashingAttention(nnx.Module):
       # Hash the unit-normalised q and k, as the unit_softmax surrogate sees them (angular LSH is
       # scale-invariant, so this only makes the correspondence explicit).
       q, k = unit_norm(q), unit_norm(k)
+      if mesh := sequence_mesh():
+        out, stats = sequence_parallel_anna(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
+        return out, {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}
       out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
       return out, stats._asdict()
+    if mesh := sequence_mesh():
+      out, stats = sequence_parallel_anna_softmax(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
+      return out, {'dropped_fraction': stats['dropped_fraction']}
     out, stats = anna_softmax_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
     return out, {'dropped_fraction': stats.dropped_fraction}
 

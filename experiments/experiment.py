@@ -49,7 +49,10 @@ class TrainConfig:
   steps: int = 1000
   batch_size: int = 32  # global batch, split over the data-parallel devices
   train_size: int = 0  # match2: > 0 trains on a fixed label-balanced set of this many sequences; 0: fresh ones
-  num_devices: int = 1  # data-parallel devices; 0 takes every device
+  num_devices: int = 1  # devices to train on; 0 takes every device
+  # Devices each sequence is split over (mesh axis 'seq'; anna and anna_softmax run sequence-parallel, see
+  # anna_jax.sequence_parallel); the batch is split over the other num_devices / sequence_devices (axis 'data').
+  sequence_devices: int = 1
   log_every: int = 100  # steps between console / TensorBoard logs
   checkpoint_every: int = 200  # steps between Orbax checkpoints (and at the end)
   keep_checkpoints: int = 2  # checkpoints kept on disk
@@ -58,7 +61,8 @@ class TrainConfig:
   time_limit_s: float = 0.0
 
   def __post_init__(self):
-    check_at_least('train', self, 1, ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'))
+    check_at_least('train', self, 1, ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+                                      'sequence_devices'))
     check_at_least('train', self, 0, ('train_size', 'num_devices', 'time_limit_s'))
 
 
@@ -261,14 +265,26 @@ def build(c):
   if task.name == 'khop' and not -1 <= evaluation.k <= task.max_k:
     raise ValueError(f'evaluation.k must be -1 (every k) or in 0..max_k={task.max_k}, got {evaluation.k}')
   devices = train.num_devices or jax.device_count()
-  if devices > jax.device_count() or train.batch_size % devices:
-    raise ValueError(f'batch_size {train.batch_size} must split evenly over {devices} devices '
-                     f'({jax.device_count()} available)')
+  if devices > jax.device_count() or devices % train.sequence_devices:
+    raise ValueError(f'{devices} devices ({jax.device_count()} available) must split into groups of '
+                     f'train.sequence_devices={train.sequence_devices}')
+  data_devices = devices // train.sequence_devices
+  if train.batch_size % data_devices:
+    raise ValueError(f'batch_size {train.batch_size} must split evenly over {data_devices} data-parallel devices')
+  length = sequence_length(task)
+  if length % train.sequence_devices:
+    raise ValueError(f'sequences of {length} tokens must split evenly over train.sequence_devices='
+                     f'{train.sequence_devices}')
   if grid.tables_per_layer and len(grid.tables_per_layer) != model.depth:
     raise ValueError(f'grid.tables_per_layer has {len(grid.tables_per_layer)} entries for depth {model.depth}')
   fields = {path: value for path, value in leaves(c).items()
             if not path.startswith(('sweep.', 'grid.')) and is_used(c, path)}
   return Experiment(c.seed, task, model, eval_model, train, optim, evaluation, grid, fields)
+
+
+def sequence_length(task):
+  """Tokens per sequence of the task's batches."""
+  return jax.eval_shape(lambda key: task.sample(key, 1)['tokens'], jax.random.key(0)).shape[1]
 
 
 def grid_model(experiment, tables, num_hashes):

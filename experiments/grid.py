@@ -83,8 +83,9 @@ class RunEvaluator:
     self.surrogate_error = self.error(model)[0]
 
   def error(self, model):
-    metrics = jax.device_get(jax.jit(lambda m, batch: train.loss_and_metrics(m, batch, self.max_k)[1])(
-        model, self.test_set))
+    with jax.set_mesh(self.trainer.mesh):  # sequences split as in training (train.sequence_devices)
+      metrics = jax.device_get(jax.jit(lambda m, batch: train.loss_and_metrics(m, batch, self.max_k)[1])(
+          model, self.test_set))
     return int(metrics['wrong']) / max(int(metrics['counted']), 1), metrics
 
   def cell(self, tables, z, draws, seed):
@@ -103,7 +104,8 @@ class RunEvaluator:
 
     errors, lonely, collisions, by_k = [], [], [], []
     for d in range(draws):
-      metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
+      with jax.set_mesh(self.trainer.mesh):
+        metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
       errors.append(int(metrics['wrong']) / max(int(metrics['counted']), 1))
       lonely.append(float(metrics['no_collision_fraction']))
       collisions.append(float(metrics['mean_collisions']))

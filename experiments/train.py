@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from anna_jax.model import Transformer
+from anna_jax.sequence_parallel import SEQUENCE_AXIS
 from experiments import experiment
 from experiments.summaries import SummaryWriter
 
@@ -72,8 +73,14 @@ def khop_results(per_k):
 
 
 def make_mesh(x):
-  devices = jax.devices()[: x.train.num_devices or jax.device_count()]
-  return jax.sharding.Mesh(np.array(devices), ('data',))
+  """A (data, seq) mesh: batches split over 'data', each sequence over SEQUENCE_AXIS (train.sequence_devices)."""
+  devices = np.array(jax.devices()[: x.train.num_devices or jax.device_count()])
+  return jax.sharding.Mesh(devices.reshape(-1, x.train.sequence_devices), ('data', SEQUENCE_AXIS))
+
+
+def batch_shardings(mesh, batch):
+  """Per array of a batch: the batch axis over 'data', the token axis (if any) over SEQUENCE_AXIS."""
+  return jax.tree.map(lambda a: NamedSharding(mesh, P('data', SEQUENCE_AXIS) if a.ndim > 1 else P('data')), batch)
 
 
 class Trainer:
@@ -85,7 +92,6 @@ class Trainer:
     self.max_k = x.task.max_k if x.task.name == 'khop' else None  # k-hop evaluations count errors per k
     self.mesh = make_mesh(x)
     self.replicated = NamedSharding(self.mesh, P())
-    self.data_sharded = NamedSharding(self.mesh, P('data'))
     self.schedule = make_schedule(x)
     if x.model.attention.kind == 'anna':
       logging.warning('attention=anna (Algorithm 1) passes no gradient to queries and keys, so they cannot '
@@ -124,14 +130,17 @@ class Trainer:
       batch = self.task.sample(key, batch_size)
     else:
       batch = self.task.sample(key, batch_size, k=k, every_token=self.x.evaluation.error_over == 'all')
-    return jax.lax.with_sharding_constraint(batch, self.data_sharded)
+    return self.shard(batch)
+
+  def shard(self, batch):
+    return jax.lax.with_sharding_constraint(batch, batch_shardings(self.mesh, batch))
 
   def _train_batch(self, step, train_set):
     key = jax.random.fold_in(self.data_key, step)
     if train_set is None:
       return self._sample(key)
     rows = jax.random.randint(key, (self.x.train.batch_size,), 0, self.x.train.train_size)  # with replacement
-    return jax.lax.with_sharding_constraint(jax.tree.map(lambda x: x[rows], train_set), self.data_sharded)
+    return self.shard(jax.tree.map(lambda x: x[rows], train_set))
 
   def _train_step(self, state, step, train_set):
     model, optimizer = nnx.merge(self.graphdef, state)
@@ -139,7 +148,8 @@ class Trainer:
     (_, metrics), grads = nnx.value_and_grad(loss_and_metrics, has_aux=True)(model, batch)
     optimizer.update(model, grads)
     metrics['lr'] = self.schedule(step)
-    return nnx.state((model, optimizer)), metrics
+    # Parameters stay replicated (XLA would otherwise split a position table along the sequence axis).
+    return jax.lax.with_sharding_constraint(nnx.state((model, optimizer)), self.replicated), metrics
 
   def eval_model(self, state):
     model, _ = nnx.merge(self.graphdef, state)
@@ -216,6 +226,12 @@ def run(x, workdir, tb_dir=None, label=''):
   """
   os.makedirs(workdir, exist_ok=True)
   trainer = Trainer(x)
+  with jax.set_mesh(trainer.mesh):  # attention sees the mesh's sequence axis while it is traced
+    return _run(trainer, workdir, tb_dir, label)
+
+
+def _run(trainer, workdir, tb_dir, label):
+  x = trainer.x
   steps = x.train.steps
   writer = SummaryWriter(tb_dir or os.path.join(workdir, 'tb'))
   writer.hparams_session(x.fields)

@@ -105,11 +105,11 @@ def test_measure_runs_in_process_from_a_settings_object():
 
 @pytest.mark.slow
 def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
-  # benchmarks/device_check.sh as `make device-check` runs it, shrunk: two lengths, two kinds, a 1 s scaling
+  # benchmarks/device_check.sh as `make device-check` runs it, shrunk: two lengths, one kind, a 1 s scaling
   # budget (so the second length is skipped: the budget works), then the induction surrogate for 2 s (a
   # tiny model), which must stop on its time limit with a checkpoint and a result the same command resumes.
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu', PYTHON=sys.executable, LENGTHS='64,128',
-             KINDS='anna_softmax,full_blockwise', SCALING_SECONDS='1', REPEATS='1', TRAIN_SECONDS='2',
+             KINDS='anna_softmax', SCALING_SECONDS='1', REPEATS='1', TRAIN_SECONDS='2',
              TRAIN_FLAGS='--config.model.width=16 --config.task.khop.n=16 --config.evaluation.test_size=8 '
                          '--config.train.batch_size=4 --config.train.log_every=1')
   out = tmp_path / 'check'
@@ -120,10 +120,32 @@ def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
     with open(out / f'scaling-{causal}' / 'scaling.csv') as f:
       status = {(r['kind'], r['mode'], r['n']): r['status'] for r in csv.DictReader(f)}
     assert status['anna_softmax', 'forward', '64'] == 'ok'  # the first point always runs
-    later = {status[kind, mode, '128'] for kind in ('anna_softmax', 'full_blockwise') for mode in ('forward', 'train')}
+    later = {status['anna_softmax', mode, '128'] for mode in ('forward', 'train')}
     assert later == {'skipped'}
   (run,) = (out / 'induction' / 'runs').iterdir()
   trained = json.loads((run / 'result.json').read_text())
   assert trained['status'] == 'time_limit' and 0 < trained['steps'] < 400_000 and 'eval/error' in trained
   assert (run / 'checkpoints' / str(trained['steps'])).is_dir()
   assert 'finished' in (out / 'device.txt').read_text()
+
+
+def test_sequence_parallel_traffic_benchmark_records_every_collective(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  command = [sys.executable, '-m', 'benchmarks.sequence_parallel', '--head_dim=8', '--num_tables=2', '--repeats=1',
+             f'--outdir={tmp_path}']
+  bad = subprocess.run([*command, '--lengths=100'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+  result = subprocess.run([*command, '--lengths=512'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'traffic.jsonl') as f:
+    rows = {(r['way'], r['causal']): r for r in map(json.loads, f)}
+  assert len(rows) == 4 and all(r['max_abs_difference'] < 1e-5 for r in rows.values())
+  # dense, z = 4: a (tables, 16 buckets, dim + 1) float32 table per device, summed once or scanned in 4 shifts
+  assert [(c['name'], c['bytes']) for c in rows['dense', False]['collectives']] == [('psum', 2 * 16 * 9 * 4)]
+  assert [c['name'] for c in rows['dense', True]['collectives']] == ['ppermute'] * 4
+  # routed, z = 9: 64 tokens per device, 16 slots per (source, destination): ids 4 bytes, payloads 9 floats
+  routed = rows['routed', False]
+  slots = 2 * 8 * 16
+  assert sorted((c['name'], c['bytes']) for c in routed['collectives'] if c['per_round']) == [
+      ('all_to_all', slots * 4), ('all_to_all', slots * 4), ('all_to_all', slots * 36), ('all_to_all', slots * 36)]
+  assert routed['rounds'] >= 1 and routed['sent_bytes_per_device'] >= routed['rounds'] * slots * 80 * 7 / 8

@@ -8,23 +8,46 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import experiment, train
+from anna_jax import attention
+from experiments import experiment, grid, train
 from tests.test_experiments import ROOT, TINY_KHOP, params_of, tiny_config
 
 
-def test_data_parallel_over_8_devices_matches_one_device(tmp_path):
+def test_data_and_sequence_parallel_over_8_devices_match_one_device(tmp_path, monkeypatch):
+  # 8 devices = 2 (data) x 4 (sequence). Trained with unit_softmax (partitioned by XLA), evaluated with anna,
+  # sequence-parallel (16 tokens, 4 per device; 8 buckets > 4: records routed to owners); then a grid cell.
   assert jax.device_count() == 8  # tests/conftest.py asks XLA for 8 host devices
-  one = train.train_and_evaluate(tiny_config({'train.num_devices': 1}), str(tmp_path / 'one'))
-  eight = train.train_and_evaluate(tiny_config({'train.num_devices': 8}), str(tmp_path / 'eight'))
-  assert eight['num_devices'] == 8 and one['num_devices'] == 1
-  np.testing.assert_allclose(eight['train/loss'], one['train/loss'], rtol=1e-5)
-  assert eight['eval/error'] == one['eval/error']
-  _, params_one = params_of(str(tmp_path / 'one'), tiny_config({'train.num_devices': 1}))
-  _, params_eight = params_of(str(tmp_path / 'eight'), tiny_config({'train.num_devices': 1}))
+  over = {'task.khop.n': 15, 'attention.kind': 'unit_softmax', 'evaluation.attention': 'anna',
+          'evaluation.test_size': 16}
+  traced = []  # which runs traced the sequence-parallel anna
+  sharded_anna = attention.sequence_parallel_anna
+  monkeypatch.setattr(attention, 'sequence_parallel_anna',
+                      lambda *args, **kwargs: traced.append(name) or sharded_anna(*args, **kwargs))
+  results, cells, params = [], [], []
+  for name, devices in (('one', {'train.num_devices': 1}),
+                        ('split', {'train.num_devices': 8, 'train.sequence_devices': 4})):
+    c = tiny_config({**over, **devices})
+    results.append(train.train_and_evaluate(c, str(tmp_path / name)))
+    evaluator = grid.RunEvaluator(experiment.build(c), str(tmp_path / name))
+    cells.append(evaluator.cell((2,), 2, 1, 0))
+    params.append(params_of(str(tmp_path / name), tiny_config({**over, 'train.num_devices': 1}))[1])
+  one, split = results
+  assert split['num_devices'] == 8 and set(traced) == {'split'}
+  np.testing.assert_allclose(split['train/loss'], one['train/loss'], rtol=1e-5)
+  for name in ('eval/error', 'eval/mean_collisions', 'eval/no_collision_fraction'):
+    np.testing.assert_allclose(split[name], one[name], rtol=1e-6)
+  np.testing.assert_allclose(cells[1][:3], cells[0][:3], rtol=1e-6)
   # Adam divides by sqrt(v): near-zero gradients turn float reduction-order noise into visible (but
   # small) differences, well under the 10 steps x lr 1e-3 that the parameters moved.
-  for a, b in zip(params_one, params_eight):
+  for a, b in zip(*params):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4)
+
+
+def test_sequence_devices_must_divide_devices_and_length():
+  with pytest.raises(ValueError, match='groups of'):
+    experiment.build(tiny_config({'train.num_devices': 8, 'train.sequence_devices': 3}))
+  with pytest.raises(ValueError, match='tokens must split'):
+    experiment.build(tiny_config({'train.num_devices': 8, 'train.sequence_devices': 2}))  # 9 tokens
 
 
 def test_batch_must_split_over_devices():

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from jax import export
 
-from anna_jax.anna import draw_projections
+from anna_jax import cpu_kernel
+from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 from anna_jax.lsh import hash_codes
 from anna_jax.oracle import anna_softmax_dense_reference
-from anna_jax.sequence_parallel import sequence_parallel_anna_softmax
+from anna_jax.sequence_parallel import sequence_parallel_anna, sequence_parallel_anna_softmax
 
 
 def inputs(n, config, heads=2, dim=8, seed=0):
@@ -83,16 +84,91 @@ def test_length_must_split_over_devices(mesh):
     sequence_parallel_anna_softmax(q, k, v, proj, config, mesh)
 
 
+def cuda_while_loops(mesh, attend):
+  """Per loop plan, the loops (stablehlo.while) of attend(q, k, v, plan), exported for CUDA at n = 1024."""
+  loops = {}
+  for plan in ('accelerator', 'cpu'):
+    x = jax.ShapeDtypeStruct((2, 1024, 2, 8), jnp.bfloat16, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, 'seq')))
+    module = export.export(jax.jit(lambda q, k, v, plan=plan: attend(q, k, v, plan)), platforms=['cuda'])(
+        x, x, x).mlir_module()
+    assert re.search(r'all_to_all', module)
+    loops[plan] = len(re.findall(r'stablehlo\.while', module))
+  return loops
+
+
 def test_accelerator_plan_exports_for_cuda_with_only_the_scan_over_tables(mesh):
   # The loop plan reaches the sharded path: exported for CUDA, its only loop is the scan over tables (the CPU
   # plan, exported the same way, has its row and chunk loops: the check can fail).
-  loops = {}
-  for plan in ('accelerator', 'cpu'):
+  def attend(q, k, v, plan):
     config = ANNASoftmaxConfig(num_tables=3, num_hashes=3, chunk_size=8, window=32, loop_plan=plan)
     proj = draw_projections(jax.random.key(0), 2, 8, config)
-    fn = jax.jit(lambda q, k, v: sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, causal=True)[0])
-    x = jax.ShapeDtypeStruct((2, 1024, 2, 8), jnp.bfloat16, sharding=jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(None, 'seq')))
-    module = export.export(fn, platforms=['cuda'])(x, x, x).mlir_module()
-    loops[plan] = len(re.findall(r'stablehlo\.while', module))
+    return sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, causal=True)[0]
+
+  loops = cuda_while_loops(mesh, attend)
   assert loops['accelerator'] == 1 and loops['cpu'] > 1, loops
+
+
+# --- sequence_parallel_anna: Algorithm 1 with the sequence sharded ----------------------------------------------
+
+def anna_case(n, z, family='hyperplane', seed=0, plan='auto'):
+  config = ANNAConfig(num_tables=3, num_hashes=z, family=family, loop_plan=plan)
+  q, k, v, proj = inputs(n, config, seed=seed)
+  return config, q, k, v, proj
+
+
+@pytest.mark.parametrize('z, family, causal, masked, capacity, skewed, per_exchange', [
+    (2, 'hyperplane', False, False, None, False, 0),  # 4 buckets <= n / P: tables summed across devices
+    (2, 'hyperplane', True, True, None, False, 0),  # the same, causal: an exclusive scan over devices
+    (6, 'hyperplane', True, True, 1, False, 0),  # records routed to owners; 1 slot per buffer: many rounds
+    (6, 'hyperplane', False, True, None, True, 0),  # every key and query in one bucket
+    (2, 'crosspolytope', True, False, None, False, 1),  # 256 buckets: routed; one table at a time
+])
+def test_sequence_parallel_anna_equals_single_device_anna(mesh, z, family, causal, masked, capacity, skewed,
+                                                          per_exchange):
+  n = 128
+  config, q, k, v, proj = anna_case(n, z, family)
+  if skewed:
+    q = k = jnp.ones_like(q)
+  mask = (jnp.arange(n)[None, :] < jnp.array([[128], [77]])) if masked else None
+  weights = jnp.sin(jnp.arange(8.0))
+
+  def single(v):
+    return anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+
+  def sharded(v):
+    return sequence_parallel_anna(q, k, v, proj, config, mesh, mask=mask, causal=causal, capacity=capacity,
+                                  tables_per_exchange=per_exchange)
+
+  (out, stats), (sp_out, sp_stats) = single(v), jax.jit(sharded)(v)
+  np.testing.assert_allclose(sp_out, out, atol=2e-6)
+  for name in ('no_collision_fraction', 'mean_collisions'):
+    np.testing.assert_allclose(sp_stats[name], getattr(stats, name), rtol=1e-6)
+  rounds = int(sp_stats['rounds'])  # exchange rounds: 0 when dense; several when a buffer overflowed
+  assert (rounds == 0) == (family == 'hyperplane' and z == 2) and (rounds > 1 or capacity != 1)
+  with jax.set_mesh(mesh):  # the mesh's axes are Explicit: the loss of sharded outputs is taken under it
+    grads = [jax.grad(lambda v, f=f: jnp.sum(f(v)[0] * weights))(v) for f in (single, jax.jit(sharded))]
+  np.testing.assert_allclose(grads[1], grads[0], atol=2e-6)
+
+
+def test_sequence_parallel_anna_refuses_codes_past_int32_and_uneven_table_groups(mesh):
+  config, q, k, v, proj = anna_case(128, 32)
+  with pytest.raises(ValueError, match='int32'):
+    sequence_parallel_anna(q, k, v, proj, config, mesh)
+  config, q, k, v, proj = anna_case(128, 4)
+  with pytest.raises(ValueError, match='divide the 3 tables'):
+    sequence_parallel_anna(q, k, v, proj, config, mesh, tables_per_exchange=2)
+
+
+def test_sequence_parallel_anna_exports_for_cuda_without_device_or_chunk_loops(mesh, monkeypatch):
+  # Accelerator plan, causal, routed: the only loops are the rounds of the exchange and the local walk's scan
+  # over tables. The XLA CPU plan (kernels off, as without a compiler) adds its row loop: the count can fail.
+  monkeypatch.setattr(cpu_kernel, 'serves', lambda plan: False)
+
+  def attend(q, k, v, plan):
+    config = ANNAConfig(num_tables=3, num_hashes=12, loop_plan=plan)
+    proj = draw_projections(jax.random.key(0), 2, 8, config)
+    return sequence_parallel_anna(q, k, v, proj, config, mesh, causal=True)[0]
+
+  loops = cuda_while_loops(mesh, attend)
+  assert loops['accelerator'] == 2 and loops['cpu'] > 2, loops
