@@ -179,6 +179,22 @@ def bucket_sums(read_ids, write_ids, values, read_valid, write_valid, num_ids, d
   return jnp.where(read_valid[..., None], sums, 0.0), jnp.where(read_valid, counts, 0)
 
 
+def bucket_ids(q, k, projections, family, plan):
+  """(q_ids, k_ids, num_ids) as the plan hashes them: the CPU kernels' codes, or `lsh.bucket_ids`."""
+  if cpu_kernel.serves(plan):
+    return cpu_kernel.bucket_ids(q, k, projections, family)
+  return lsh.bucket_ids(q, k, projections, family)
+
+
+def collision_stats(counts, valid, total=lambda x: x):
+  """ANNAStats from the per-query collision counts (batch, n, heads) and the (batch, n) padding mask; `total`
+  sums a count over the devices holding the rest of the sequence (sequence_parallel), identity otherwise."""
+  q_valid = valid[:, :, None]
+  real = jnp.maximum(total(jnp.sum(q_valid)) * counts.shape[2], 1)
+  return ANNAStats(no_collision_fraction=total(jnp.sum((counts == 0) & q_valid)) / real,
+                   mean_collisions=total(jnp.sum(counts, dtype=jnp.float32)) / real)
+
+
 def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
   """Algorithm 1 over q, k, v of shape (batch, n, heads, head_dim).
 
@@ -190,21 +206,16 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
   Returns:
     (output of v's shape and dtype, ANNAStats). Gradients flow to v only (see the module docstring).
   """
-  batch, n, heads, dim = q.shape
+  batch, n = q.shape[:2]
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
   q_valid = valid[:, :, None]
   plan = plans.resolve(config.loop_plan)
   # The ids are int32 (batch, n, heads, tables): every table hashed up front (one projection per input).
+  q_ids, k_ids, num_ids = bucket_ids(q, k, projections, config.family, plan)
   if cpu_kernel.serves(plan):
-    q_ids, k_ids, num_ids = cpu_kernel.bucket_ids(q, k, projections, config.family)
     out, counts = cpu_kernel.attend(v, q_ids, k_ids, valid, num_ids, causal, v.dtype)
   else:
-    q_ids, k_ids, num_ids = lsh.bucket_ids(q, k, projections, config.family)
     sums, counts = _scan_plan(q_ids, k_ids, v, valid, num_ids, causal)
     out = jnp.where(q_valid[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)  # no collision: zeros
     counts = jnp.where(q_valid, counts, 0)
-  real = jnp.maximum(jnp.sum(q_valid) * heads, 1)
-  stats = ANNAStats(
-      no_collision_fraction=jnp.sum((counts == 0) & q_valid) / real,
-      mean_collisions=jnp.sum(counts, dtype=jnp.float32) / real)
-  return out.astype(v.dtype), jax.tree.map(jax.lax.stop_gradient, stats)
+  return out.astype(v.dtype), jax.tree.map(jax.lax.stop_gradient, collision_stats(counts, valid))

@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax import cpu_kernel, lsh, plans
-from anna_jax.anna import bucket_sums
+from anna_jax import lsh, plans
+from anna_jax.anna import bucket_ids, bucket_sums, collision_stats
 from anna_jax.anna_softmax import NEG, check_sort_key, empty_merge_state, merge, normalise, route, table_attention
 
 SEQUENCE_AXIS = 'seq'  # the mesh axis that splits sequences (experiments' train.sequence_devices)
@@ -301,18 +301,10 @@ class _SequenceSpec(NamedTuple):
 
 
 def _anna_local(q, k, v, projections, valid, *, spec, family, causal):
-  # The single-device path's hashing, so that both see the same codes.
-  if cpu_kernel.serves(spec.plan):
-    q_ids, k_ids, _ = cpu_kernel.bucket_ids(q, k, projections, family)
-  else:
-    q_ids, k_ids, _ = lsh.bucket_ids(q, k, projections, family)
+  q_ids, k_ids, _ = bucket_ids(q, k, projections, family, spec.plan)  # the single-device path's codes
   out, counts, rounds = _attend(v, q_ids, k_ids, valid, spec, causal, v.dtype)
-  total = functools.partial(jax.lax.psum, axis_name=spec.every_axis)
-  real = jnp.maximum(total(jnp.sum(valid)) * q.shape[2], 1)
-  stats = {'no_collision_fraction': total(jnp.sum((counts == 0) & valid[:, :, None])) / real,
-           'mean_collisions': total(jnp.sum(counts, dtype=jnp.float32)) / real,
-           'rounds': jax.lax.pmax(rounds, spec.every_axis)}
-  return out.astype(v.dtype), stats
+  stats = collision_stats(counts, valid, functools.partial(jax.lax.psum, axis_name=spec.every_axis))
+  return out.astype(v.dtype), {**stats._asdict(), 'rounds': jax.lax.pmax(rounds, spec.every_axis)}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
