@@ -22,7 +22,9 @@
 //    sum of weights and weighted sum (flash style); tables after the first skip a key an earlier one gave.
 // Measured (n, 8 heads of 64, l = 8, z = log2(n / 8), train = forward + backward, median of 3, this project's
 // 2-core VM, 2026-12-03): 16K forward 0.26 s query-major, 0.35 s table-major, train 0.88 / 0.83 s; 64K train 6.1
-// / 4.2 s; 128K train 20.6 / 11.4 s (one call each). Nothing n x n is kept: the backward recomputes scores from
+// / 4.2 s; 128K train 20.6 / 11.4 s (one call each); the query-major walk since packs a key's rows side by side
+// and fuses the backward's passes (not re-timed: the VM ran 1.5-2x slower that session, +-30% between calls).
+// Nothing n x n is kept: the backward recomputes scores from
 // the inputs with the output and each query's log-sum-exp; a task owns its head's rows of dq, dk, dv.
 // Shapes: q, k, v, out, dout, dq, dk, dv (..., n, heads, dim) float32; ids (..., n, heads,
 // tables) int32 in [0, num_ids), stored heads before tokens (cpu_kernel._ids_layout); valid (..., n) bool;
@@ -33,6 +35,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "kernel_common.h"
@@ -223,8 +226,19 @@ inline float Dot(const float* __restrict a, const float* __restrict b, int64_t d
   return sum;
 }
 
+// acc += w x. In 8-float vectors where the width allows: as a plain loop, the compiler vectorised the loops
+// around it across keys instead, with gathers (slow).
 template <int64_t kDim>
 inline void AddScaled(float* __restrict acc, float w, const float* __restrict x, int64_t dim) {
+  if constexpr (kDim % 8 == 0 && kDim > 0) {
+    Lanes8 a, b;
+    for (int64_t d = 0; d < kDim; d += 8) {
+      std::memcpy(&a, acc + d, sizeof(a)), std::memcpy(&b, x + d, sizeof(b));
+      a += w * b;
+      std::memcpy(acc + d, &a, sizeof(a));
+    }
+    return;
+  }
   for (int64_t d = 0; d < (kDim ? kDim : dim); ++d) acc[d] += w * x[d];
 }
 
@@ -435,11 +449,13 @@ bool TableMajorBackward(const Problem& p, int64_t task, Routing& r, Rows& rows) 
 }
 
 // Query-major walk: queries in table 0's sorted order (neighbours share table 0's keys), each gathering its union
-// over the tables once (a per-key stamp), with its scores, weights and weighted sum in registers; rows packed
-// per head. Fastest while a head's rows stay in cache; past that its key rows, all over memory, are misses.
-template <int64_t kDim>
-int64_t Unite(const Problem& p, Routing& r, const float* q, const float* k, int64_t i, int32_t mark, float* top) {
-  // Branch-free (whether a key repeats is a coin flip) and through raw pointers (the vectors are thread-local).
+// over the tables once (a per-key stamp), with its weights and sums in registers. A key's rows are packed side by
+// side (forward: k | v; backward: k | v | dk | dv), so each key a query reads is one block of memory, fetched
+// ahead. Fastest while a head's rows stay in cache; past that its key rows, all over memory, are misses.
+
+// The union of the keys the tables give query i, in r.picked (branch-free: whether a key repeats is a coin flip;
+// raw pointers: the vectors are thread-local). mark: a stamp no earlier query used.
+int64_t Unite(const Problem& p, Routing& r, int64_t i, int32_t mark) {
   int32_t* united = r.picked.data();
   int32_t* stamp = r.stamp.data();
   const int32_t* begin = r.begin.data() + i * r.stride;
@@ -454,101 +470,110 @@ int64_t Unite(const Problem& p, Routing& r, const float* q, const float* k, int6
       stamp[j] = mark;
     }
   }
-  float* scores = r.scores.data();
-  if (p.uniform) {
-    std::fill_n(scores, m, 0.0f);
-    *top = 0.0f;
-    return m;
-  }
-  *top = -INFINITY;
-  const float* q_i = q + i * p.dim;
-  for (int64_t a = 0; a < m; ++a) {
-    if (a + kAhead < m) PrefetchRow(k + united[a + kAhead] * p.dim, p.dim);
-    scores[a] = Dot<kDim>(q_i, k + united[a] * p.dim, p.dim) * p.scale;
-    *top = std::max(*top, scores[a]);
-  }
   return m;
 }
 
-void Pack(const float* strided, const Head& head, int64_t n, int64_t dim, float* packed) {
-  for (int64_t i = 0; i < n; ++i) std::copy_n(strided + head.Row(i), dim, packed + i * dim);
+// Packs one head of (..., n, heads, dim) inputs into rows of `width` floats, the c-th input at offset c * dim.
+void PackRows(std::initializer_list<const float*> inputs, const Head& head, int64_t n, int64_t dim, int64_t width,
+              float* rows) {
+  int64_t offset = 0;
+  for (const float* x : inputs) {
+    for (int64_t i = 0; i < n; ++i) std::copy_n(x + head.Row(i), dim, rows + i * width + offset);
+    offset += dim;
+  }
 }
 
 template <int64_t kDim>
 bool QueryMajorForward(const Problem& p, int64_t task, Routing& r, Rows& rows) {
   const Head head(p, task);
-  const int64_t b = head.b, h = head.h, dim = p.dim, n = p.n;
-  float* q = rows.Reserve(3, n, dim);
-  if (q == nullptr) return false;
-  float *k = q + n * dim, *v = k + n * dim;
-  Pack(p.q, head, n, dim, q), Pack(p.k, head, n, dim, k), Pack(p.v, head, n, dim, v);
+  const int64_t b = head.b, h = head.h, dim = p.dim, n = p.n, width = 2 * dim;
+  float* kv = rows.Reserve(2, n, dim);
+  if (kv == nullptr) return false;
+  PackRows({p.k, p.v}, head, n, dim, width, kv);
   for (int64_t i = 0; i < n; ++i) {  // padded queries stay so
     std::fill_n(p.out + head.Row(i), dim, 0.0f);
     p.lse[(b * n + i) * p.heads + h] = 0.0f;
   }
   const SortedTable& order = r.queries[0];
+  const int32_t* united = r.picked.data();
+  float* scores = r.scores.data();
   for (int64_t place = 0; place < order.size; ++place) {
     const int64_t i = order.positions[place];
-    float top;
-    const int64_t m = Unite<kDim>(p, r, q, k, i, static_cast<int32_t>(place + 1), &top);
+    if (place + 1 < order.size) PrefetchRow(p.q + head.Row(order.positions[place + 1]), dim);  // as the backward
+    const int64_t m = Unite(p, r, i, static_cast<int32_t>(place + 1));
     if (m == 0) continue;
-    const float total = ExpSum(r.scores.data(), m, top);  // scores become weights, not yet normalised
+    const float* q_i = p.q + head.Row(i);
+    float top = p.uniform ? 0.0f : -INFINITY;
+    for (int64_t a = 0; a < m; ++a) {
+      if (a + kAhead < m) PrefetchRow(kv + united[a + kAhead] * width, width);
+      scores[a] = p.uniform ? 0.0f : Dot<kDim>(q_i, kv + united[a] * width, dim) * p.scale;
+      top = std::max(top, scores[a]);
+    }
+    const float total = ExpSum(scores, m, top);  // scores become weights, not yet normalised
     float acc[kDim ? kDim : 1];
     float* __restrict sum = kDim ? acc : p.out + head.Row(i);  // a known width keeps the sum in registers
     std::fill_n(sum, dim, 0.0f);
-    for (int64_t a = 0; a < m; ++a) {
-      if (a + kAhead < m) PrefetchRow(v + r.picked[a + kAhead] * dim, dim);
-      AddScaled<kDim>(sum, r.scores[a], v + r.picked[a] * dim, dim);
-    }
+    for (int64_t a = 0; a < m; ++a) AddScaled<kDim>(sum, scores[a], kv + united[a] * width + dim, dim);
     for (int64_t d = 0; d < dim; ++d) p.out[head.Row(i) + d] = sum[d] / total;
-    const float lse = top + std::log(total);
-    p.lse[(b * n + i) * p.heads + h] = lse;
+    p.lse[(b * n + i) * p.heads + h] = top + std::log(total);
   }
   return true;
 }
 
-// The same walk with the forward's log-sum-exp: w_ij = exp(s_ij - lse_i) (see TableMajorBackward).
+// The same walk with the forward's log-sum-exp, in one pass over each query's keys, 8 at a time: their scores,
+// w_ij = exp(s_ij - lse_i) as one vector, then per key the updates of TableMajorBackward while its row is in L1
+// (the scores were a pass of their own, and each k_j was read from memory twice).
 template <int64_t kDim>
 bool QueryMajorBackward(const Problem& p, int64_t task, Routing& r, Rows& rows) {
   const Head head(p, task);
-  const int64_t dim = p.dim, n = p.n;
-  float* q = rows.Reserve(6, n, dim);
-  if (q == nullptr) return false;
-  float *k = q + n * dim, *v = k + n * dim, *dout = v + n * dim, *dk = dout + n * dim, *dv = dk + n * dim;
-  Pack(p.q, head, n, dim, q), Pack(p.k, head, n, dim, k), Pack(p.v, head, n, dim, v);
-  Pack(p.dout, head, n, dim, dout);
-  std::fill(dk, dk + 2 * n * dim, 0.0f);
-  for (int64_t i = 0; i < n; ++i) std::fill_n(p.dq + head.Row(i), dim, 0.0f);
+  const int64_t dim = p.dim, n = p.n, width = 4 * dim;
+  float* keys = rows.Reserve(4, n, dim);  // per key: k | v | dk | dv
+  if (keys == nullptr) return false;
+  PackRows({p.k, p.v}, head, n, dim, width, keys);
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill_n(keys + i * width + 2 * dim, 2 * dim, 0.0f);
+    std::fill_n(p.dq + head.Row(i), dim, 0.0f);
+  }
   const SortedTable& order = r.queries[0];
+  const int32_t* united = r.picked.data();
   for (int64_t place = 0; place < order.size; ++place) {
     const int64_t i = order.positions[place];
-    float top;
-    const int64_t m = Unite<kDim>(p, r, q, k, i, static_cast<int32_t>(place + 1), &top);
+    if (place + 1 < order.size) {  // the next query's rows (scattered: queries come in sorted order)
+      const int64_t next = head.Row(order.positions[place + 1]);
+      for (const float* x : {p.q, p.dout, static_cast<const float*>(p.out)}) PrefetchRow(x + next, dim);
+    }
+    const int64_t m = Unite(p, r, i, static_cast<int32_t>(place + 1));
     if (m == 0) continue;
-    ExpSum(r.scores.data(), m, p.lse[(head.b * n + i) * p.heads + head.h]);  // the weights
-    const float* dout_i = dout + i * dim;
-    const float* q_i = q + i * dim;
+    const float lse = p.lse[(head.b * n + i) * p.heads + head.h];
+    const float* q_i = p.q + head.Row(i);
+    const float* dout_i = p.dout + head.Row(i);
     const float delta = Dot<kDim>(dout_i, p.out + head.Row(i), dim);
     float acc[kDim ? kDim : 1];
     float* __restrict dq_i = kDim ? acc : p.dq + head.Row(i);
     std::fill_n(dq_i, dim, 0.0f);
-    for (int64_t a = 0; a < m; ++a) {
-      if (a + kAhead < m) {
-        const int64_t ahead = r.picked[a + kAhead] * dim;
-        PrefetchRow(v + ahead, dim), PrefetchRow(dv + ahead, dim), PrefetchRow(dk + ahead, dim);
+    for (int64_t first = 0; first < m; first += 8) {
+      const int64_t count = std::min<int64_t>(8, m - first);
+      Lanes8 weights = Lanes8{} - INFINITY;  // lanes past the keys weigh exp(-inf) = 0
+      for (int64_t a = 0; a < count; ++a) {
+        if (first + a + kAhead < m) PrefetchRow(keys + united[first + a + kAhead] * width, width);
+        weights[a] = p.uniform ? 0.0f : Dot<kDim>(q_i, keys + united[first + a] * width, dim) * p.scale;
       }
-      const int64_t j = r.picked[a] * dim;
-      const float w = r.scores[a];
-      AddScaled<kDim>(dv + j, w, dout_i, dim);
-      if (p.uniform) continue;  // the weights do not depend on q or k
-      const float ds = w * (Dot<kDim>(dout_i, v + j, dim) - delta) * p.scale;
-      AddScaled<kDim>(dq_i, ds, k + j, dim);
-      AddScaled<kDim>(dk + j, ds, q_i, dim);
+      weights = Exp8(weights - lse);
+      for (int64_t a = 0; a < count; ++a) {
+        float* key = keys + united[first + a] * width;
+        const float w = weights[a];
+        AddScaled<kDim>(key + 3 * dim, w, dout_i, dim);  // dv_j
+        if (p.uniform) continue;  // the weights do not depend on q or k
+        const float ds = w * (Dot<kDim>(dout_i, key + dim, dim) - delta) * p.scale;
+        AddScaled<kDim>(dq_i, ds, key, dim);
+        AddScaled<kDim>(key + 2 * dim, ds, q_i, dim);  // dk_j
+      }
     }
     if (kDim) std::copy(acc, acc + dim, p.dq + head.Row(i));
   }
   for (int64_t i = 0; i < n; ++i) {
-    std::copy_n(dk + i * dim, dim, p.dk + head.Row(i)), std::copy_n(dv + i * dim, dim, p.dv + head.Row(i));
+    std::copy_n(keys + i * width + 2 * dim, dim, p.dk + head.Row(i));
+    std::copy_n(keys + i * width + 3 * dim, dim, p.dv + head.Row(i));
   }
   return true;
 }
