@@ -17,7 +17,7 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # warning and a recompile, not an error.
 if 'ANNA_JAX_TEST_COMPILE_CACHE' not in os.environ:
   os.environ['ANNA_JAX_TEST_COMPILE_CACHE'] = tempfile.mkdtemp(prefix='anna-jax-test-compile-cache-')
-  _OWNS_CACHE = True  # the process that made it (the xdist controller, or the one process of `-n 0`) removes it
+  _OWNS_CACHE = True  # the process that made it removes it: the xdist controller (the workers inherit it), or -n 0
 else:
   _OWNS_CACHE = False
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ['ANNA_JAX_TEST_COMPILE_CACHE'])
@@ -25,5 +25,5 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')
 
 
 def pytest_unconfigure(config):
-  if _OWNS_CACHE and not hasattr(config, 'workerinput'):
+  if _OWNS_CACHE:
     shutil.rmtree(os.environ['ANNA_JAX_TEST_COMPILE_CACHE'], ignore_errors=True)

@@ -23,7 +23,7 @@
 // Measured (n, 8 heads of 64, l = 8, z = log2(n / 8), train = forward + backward, median of 3, this project's
 // 2-core VM, 2026-12-03): 16K forward 0.26 s query-major, 0.35 s table-major, train 0.88 / 0.83 s; 64K train 6.1
 // / 4.2 s; 128K train 20.6 / 11.4 s (one call each); the query-major walk since packs a key's rows side by side
-// and fuses the backward's passes (not re-timed: the VM ran 1.5-2x slower that session, +-30% between calls).
+// and fuses the backward's passes (not re-timed: that session's VM was too noisy to tell old from new).
 // Nothing n x n is kept: the backward recomputes scores from
 // the inputs with the output and each query's log-sum-exp; a task owns its head's rows of dq, dk, dv.
 // Shapes: q, k, v, out, dout, dq, dk, dv (..., n, heads, dim) float32; ids (..., n, heads,
