@@ -5,9 +5,12 @@
 Reads grid.jsonl (each surrogate, one per N, evaluated with `anna` over tables x hashes x draws). Per N: the
 surrogate's error, the best cell, and the cheapest cell (cost l (z + 1) hash evaluations and bucket reads per
 token) whose mean error is within `--tolerance` of the surrogate's, or, where none is, within `--tolerance` of the
-best cell's ("best reachable"). Writes n_scaling.md (the table), n_scaling.png (error against N at fixed cells; the
-cheapest cell's l, z and cost against N with fitted slopes beside Theorem 3.4's rates; collision statistics against
-N) and n_scaling.jsonl (the table's rows).
+best cell's ("best reachable"). The cheapest cell can jump between two regimes a sharp surrogate shows (many
+tables with few hashes, few tables with many), so per number of tables l the report also gives the z needed: the smallest z
+from which every larger z errs at most `--target` (0.05: Match2 solved), with its slope in log2 N: Theorem 3.4's z = Theta(log N) at
+fixed l. Writes n_scaling.md (the tables), n_scaling.png (error against N at fixed cells; the cheapest cell's l
+and cost against N with fitted slopes beside Theorem 3.4's rates; z against log2 N; collision statistics against
+N) and n_scaling.jsonl (the first table's rows).
 """
 
 import json
@@ -29,6 +32,7 @@ def define_flags():
       'workdir': flags.DEFINE_string('workdir', 'runs/match2_growing_n', 'The sweep workdir (grid.jsonl).'),
       'out': flags.DEFINE_string('out', '', 'Where n_scaling.md, .png and .jsonl go (default: the workdir).'),
       'tolerance': flags.DEFINE_float('tolerance', 0.01, 'A cell counts as reaching an error within this much.'),
+      'target': flags.DEFINE_float('target', SOLVED, 'The error the smallest z per number of tables must reach.'),
       'fixed': flags.DEFINE_list('fixed_cells', ['8:1', '16:2', '32:4', '128:6'], 'Cells (tables:hashes) whose '
                                  'error, no-collision fraction and collisions are plotted against N.'),
   }
@@ -80,7 +84,33 @@ def summarise(rows, tolerance):
   return table, by_n
 
 
-def markdown(table, tolerance):
+def hashes_needed(table, by_n, target):
+  """{l: {N: z}}: with l tables, the smallest z from which every larger z in the grid has mean error <= target,
+  over the N whose surrogate solves. "Every larger" keeps to the many-hashes regime; an isolated dip at small z
+  (many tables, large buckets) does not count."""
+  needed = {}
+  for t in solved_rows(table):
+    by_l = {}
+    for r in by_n[t['n']]:
+      by_l.setdefault(r['tables'][0], {})[r['hashes']] = r['mean']
+    for l, errors in sorted(by_l.items()):
+      z_from = None
+      for z in sorted(errors, reverse=True):
+        if errors[z] > target + 1e-12:
+          break
+        z_from = z
+      if z_from is not None:
+        needed.setdefault(l, {})[t['n']] = z_from
+  return dict(sorted(needed.items()))
+
+
+def z_slopes(needed):
+  """{l: fitted slope of the needed z in log2 N}, for the l reached at >= 2 N."""
+  return {l: plots.fitted_slope(np.log2(list(at_l)), list(at_l.values())) for l, at_l in needed.items()
+          if len(at_l) >= 2}
+
+
+def markdown(table, tolerance, needed=None, target=SOLVED):
   lines = ['# Match2 as N grows: the trained surrogate, and `anna` (Algorithm 1) swapped in', '',
            f'Cost of a cell: l (z + 1) per token. "Cheapest" is the cheapest cell with mean error within {tolerance} '
            'of the surrogate\'s, or, marked *, within that of the best cell (the surrogate\'s error is not '
@@ -106,6 +136,16 @@ def markdown(table, tolerance):
   else:
     lines += ['', f'No fit: {len(solved)} N with a surrogate that solves Match2 (error < {SOLVED}); the budget a '
               "cell needs to match an unsolved surrogate says nothing about Theorem 3.4's rates."]
+  if needed:
+    ns = [t['n'] for t in solved]
+    slopes = z_slopes(needed)
+    lines += ['', f'z needed with l tables: the smallest z from which every larger z in the grid errs at most {target} '
+              '(N whose surrogate solves; - : not reached):', '', '| N | ' + ' | '.join(f'l = {l}' for l in needed) + ' |',
+              '|---|' + '---|' * len(needed)]
+    lines += [f'| {n} | ' + ' | '.join(str(at_l.get(n, '-')) for at_l in needed.values()) + ' |' for n in ns]
+    if slopes:
+      lines += ['', 'Fitted z ~ s log2 N at each l reached at two or more N: ' +
+                ', '.join(f'l = {l}: s = {s:.2f}' for l, s in slopes.items()) + '.']
   return '\n'.join(lines) + '\n'
 
 
@@ -114,7 +154,7 @@ def solved_rows(table):
   return [t for t in table if t['surrogate_error'] < SOLVED]
 
 
-def figure(table, by_n, fixed):
+def figure(table, by_n, fixed, needed):
   import matplotlib.pyplot as plt
 
   ns = [t['n'] for t in table]
@@ -140,10 +180,14 @@ def figure(table, by_n, fixed):
   ax = axes[2]
   z = [t['cheapest']['hashes'] for t in solved]
   slope = plots.fitted_slope(np.log2(solved_ns), z) if z else None
-  ax.plot(np.log2(solved_ns), z, 'o-', label=f'cheapest cell (slope {slope:.2f})' if slope is not None
+  ax.plot(np.log2(solved_ns), z, 'ko-', label=f'cheapest cell (slope {slope:.2f})' if slope is not None
           else 'cheapest cell')
+  slopes = z_slopes(needed)
+  for l, at_l in needed.items():
+    if l in slopes:
+      ax.plot(np.log2(list(at_l)), list(at_l.values()), '.--', label=f'l = {l}: z needed (slope {slopes[l]:.2f})')
   ax.set(xlabel='log2 N', ylabel='z', title='hashes needed: Theorem 3.4 says z = Theta(log N)')
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   ax = axes[3]
   for l, z in fixed:
     points = [(n, r['no_collision_fraction'], r.get('mean_collisions')) for n in ns for r in by_n[n]
@@ -173,12 +217,15 @@ def main(argv):
   table, by_n = summarise(rows, FLAGS['tolerance'].value)
   if not table:
     fail(f'no Match2 grid rows with a sequence length in {path}', 'n_scaling')
+  target = FLAGS['target'].value
+  needed = hashes_needed(table, by_n, target)
+  text = markdown(table, FLAGS['tolerance'].value, needed, target)
   out = FLAGS['out'].value or FLAGS['workdir'].value
   os.makedirs(out, exist_ok=True)
-  write_atomic(os.path.join(out, 'n_scaling.md'), markdown(table, FLAGS['tolerance'].value))
+  write_atomic(os.path.join(out, 'n_scaling.md'), text)
   write_atomic(os.path.join(out, 'n_scaling.jsonl'), ''.join(json.dumps(t, sort_keys=True) + '\n' for t in table))
-  write_atomic(os.path.join(out, 'n_scaling.png'), figure(table, by_n, fixed))
-  print(markdown(table, FLAGS['tolerance'].value))
+  write_atomic(os.path.join(out, 'n_scaling.png'), figure(table, by_n, fixed, needed))
+  print(text)
 
 
 FLAGS = {}  # set by define_flags() when run as a program

@@ -108,3 +108,16 @@ def test_n_scaling_picks_the_cheapest_cell_near_the_surrogate_or_the_best():
   assert '| 64 | 79 | 100 | 0.0000 | 3 x 3 |' in text and 'l ~ N^' in text  # both surrogates solve: slopes fitted
   unsolved, _ = n_scaling.summarise([dict(r, surrogate_error=0.2) if r['tables'] == [4] else r for r in rows], 0.01)
   assert 'No fit: 1 N' in n_scaling.markdown(unsolved, 0.01)  # one N's surrogate errs 20%: no slope from one N
+
+
+def test_n_scaling_z_needed_keeps_to_the_many_hashes_regime():
+  # l = 4: at N = 32 a dip at z = 1 (large buckets) does not count, z = 3 onwards stays under 0.05; at N = 64 z = 4.
+  errors = {32: {1: 0.04, 2: 0.3, 3: 0.04, 4: 0.03}, 64: {1: 0.04, 2: 0.3, 3: 0.2, 4: 0.04}}
+  rows = [grid_row(n, 4, z, e, 0.01) for n, by_z in errors.items() for z, e in by_z.items()]
+  rows += [grid_row(n, 2, 4, 0.06, 0.01) for n in errors]  # l = 2 never reaches 0.05
+  table, by_n = n_scaling.summarise(rows, tolerance=0.01)
+  needed = n_scaling.hashes_needed(table, by_n, 0.05)
+  assert needed == {4: {32: 3, 64: 4}}
+  assert n_scaling.z_slopes(needed) == pytest.approx({4: 1.0})
+  text = n_scaling.markdown(table, 0.01, needed)
+  assert '| 64 | 4 |' in text and 'l = 4: s = 1.00' in text

@@ -1,5 +1,8 @@
+import importlib
+import inspect
 import json
 import os
+import pkgutil
 import signal
 import socket
 import subprocess
@@ -13,10 +16,27 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import experiment, sweep, train
+from experiments import configs, experiment, sweep, train
 from experiments.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def shipped_configs():
+  """(module name, get_config args) of every config file in experiments/configs, each scale it takes."""
+  found = []
+  for info in pkgutil.iter_modules(configs.__path__):
+    get_config = importlib.import_module(f'experiments.configs.{info.name}').get_config
+    scales = [()] + ([('gpu',)] if inspect.signature(get_config).parameters else [])
+    found += [pytest.param(info.name, args, id=':'.join((info.name, *args))) for args in scales]
+  return found
+
+
+@pytest.mark.parametrize('name, args', shipped_configs())
+def test_every_shipped_config_builds_every_sweep_point(name, args):
+  # What `experiments.main` checks before training: a config edited out of step with the library fails here.
+  c = importlib.import_module(f'experiments.configs.{name}').get_config(*args)
+  assert sweep.validate(c)
 
 
 def tiny_config(overrides=None):
