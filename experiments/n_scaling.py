@@ -6,11 +6,11 @@ Reads grid.jsonl (each surrogate, one per N, evaluated with `anna` over tables x
 surrogate's error, the best cell, and the cheapest cell (cost l (z + 1) hash evaluations and bucket reads per
 token) whose mean error is within `--tolerance` of the surrogate's, or, where none is, within `--tolerance` of the
 best cell's ("best reachable"). The cheapest cell can jump between two regimes a sharp surrogate shows (many
-tables with few hashes, few tables with many), so per number of tables l the report also gives the z needed: the smallest z
-from which every larger z errs at most `--target` (0.05: Match2 solved), with its slope in log2 N: Theorem 3.4's z = Theta(log N) at
-fixed l. Writes n_scaling.md (the tables), n_scaling.png (error against N at fixed cells; the cheapest cell's l
-and cost against N with fitted slopes beside Theorem 3.4's rates; z against log2 N; collision statistics against
-N) and n_scaling.jsonl (the first table's rows).
+tables with few hashes, few tables with many), so per number of tables l the report also gives the z needed: the
+smallest z from which every larger z errs at most `--target` (0.05: Match2 solved), and its slope in log2 N
+(Theorem 3.4: z = Theta(log N) at fixed l). Writes n_scaling.md (the tables), n_scaling.png (error against N at
+fixed cells; the cheapest cell's l and cost against N with fitted slopes beside Theorem 3.4's rates; z against
+log2 N; collision statistics against N) and n_scaling.jsonl (the first table's rows).
 """
 
 import json
@@ -32,7 +32,8 @@ def define_flags():
       'workdir': flags.DEFINE_string('workdir', 'runs/match2_growing_n', 'The sweep workdir (grid.jsonl).'),
       'out': flags.DEFINE_string('out', '', 'Where n_scaling.md, .png and .jsonl go (default: the workdir).'),
       'tolerance': flags.DEFINE_float('tolerance', 0.01, 'A cell counts as reaching an error within this much.'),
-      'target': flags.DEFINE_float('target', SOLVED, 'The error the smallest z per number of tables must reach.'),
+      'target': flags.DEFINE_float('target', SOLVED, 'z needed with l tables: the smallest z from '
+                                'which every larger z in the grid has at most this error.'),
       'fixed': flags.DEFINE_list('fixed_cells', ['8:1', '16:2', '32:4', '128:6'], 'Cells (tables:hashes) whose '
                                  'error, no-collision fraction and collisions are plotted against N.'),
   }
@@ -139,9 +140,9 @@ def markdown(table, tolerance, needed=None, target=SOLVED):
   if needed:
     ns = [t['n'] for t in solved]
     slopes = z_slopes(needed)
-    lines += ['', f'z needed with l tables: the smallest z from which every larger z in the grid errs at most {target} '
-              '(N whose surrogate solves; - : not reached):', '', '| N | ' + ' | '.join(f'l = {l}' for l in needed) + ' |',
-              '|---|' + '---|' * len(needed)]
+    lines += ['', f'z needed with l tables: the smallest z from which every larger z in the grid errs at most '
+              f'{target} (N whose surrogate solves; - : not reached):', '',
+              '| N | ' + ' | '.join(f'l = {l}' for l in needed) + ' |', '|---|' + '---|' * len(needed)]
     lines += [f'| {n} | ' + ' | '.join(str(at_l.get(n, '-')) for at_l in needed.values()) + ' |' for n in ns]
     if slopes:
       lines += ['', 'Fitted z ~ s log2 N at each l reached at two or more N: ' +
