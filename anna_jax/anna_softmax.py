@@ -20,7 +20,7 @@ included):
   - CPU ('cpu'): C++ kernels (kernels/anna_softmax_cpu.cc through `cpu_kernel.softmax_attend`, any length), a
     forward and a backward that recomputes instead of storing: per (batch, head) the routing above, then each
     query's softmax merged over the tables (see the kernel file). At 16K tokens, B 1, H 8, d 64, l 8, one process:
-    forward 0.21 s and train step 0.65 s, against 0.72 s and 3.31 s by the XLA loops below (2-core CPU,
+    forward 0.36 s and train step 0.87 s, against 1.40 s and 5.31 s by the XLA loops below (2-core CPU,
     2026-12-03, benchmarks/results/cpu-2core-epyc-extra/kernel_vs_xla_loops.*). Where no compiler is found, XLA
     loops over (batch, head) rows and chunks sized to stay in cache.
   - GPU/TPU ('accelerator'): rows and chunks batched into a few large kernels (vmap); the only loop is the scan

@@ -318,7 +318,8 @@ KERNEL_CASES = {  # name: (n, heads, dim, config overrides, how q and k are draw
 def test_cpu_kernel_equals_the_accelerator_plan(case, causal, monkeypatch):
   # The kernel must attend exactly the pairs the XLA plans attend, dropped ones included: outputs, gradients of
   # q, k and v, and the collision and drop counts, against the accelerator plan on the same hash functions;
-  # in both of its walks (query by query for small heads, table by table for long ones).
+  # in both of its walks (query by query for small heads, its keys in one block or in many; table by table for
+  # long heads).
   n, heads, dim, overrides, draw = KERNEL_CASES[case]
   config = ANNAConfig(**{**dict(num_tables=3, chunk_size=8, window=16), **overrides})
   q, k, v, proj = setup(n, config, heads=heads, dim=dim, seed=len(case))
@@ -337,8 +338,9 @@ def test_cpu_kernel_equals_the_accelerator_plan(case, causal, monkeypatch):
   (_, (want, want_stats)), want_grads = run('accelerator')
   if draw == 'one bucket' or case.startswith('overflowing'):
     assert float(want_stats.dropped) > 0  # the windows cut: the same keys must be dropped
-  for query_major_bytes in (2**40, 0):
+  for query_major_bytes, key_block_bytes in ((2**40, 2**40), (2**40, 2**11), (0, 2**40)):
     monkeypatch.setattr(cpu_kernel, 'QUERY_MAJOR_BYTES', query_major_bytes)
+    monkeypatch.setattr(cpu_kernel, 'KEY_BLOCK_BYTES', key_block_bytes)
     (_, (out, stats)), grads = run('cpu')
     np.testing.assert_allclose(out, want, atol=1e-5)
     for g, g_want in zip(grads, want_grads):

@@ -40,6 +40,12 @@ class HugeBuffer {
     }
     return memory_;
   }
+  // Frees the memory if it is larger than `bytes`: a thread-local buffer of a long call is not kept for the next.
+  void ReleaseAbove(size_t bytes) {
+    if (capacity_ <= bytes) return;
+    std::free(memory_);
+    memory_ = nullptr, capacity_ = 0;
+  }
   ~HugeBuffer() { std::free(memory_); }
 
  private:
