@@ -201,7 +201,6 @@ inline float LaneSum(Lanes8 x) { return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2]
 // (Cephes' expf coefficients; relative error about 2e-7); below -87 it returns 0. One call of std::exp per score
 // was a tenth of the time.
 inline Lanes8 Exp8(Lanes8 x) {
-  typedef int32_t Ints8 __attribute__((vector_size(8 * sizeof(int32_t))));
   const Lanes8 low = x < -87.0f ? Lanes8{} + 0.0f : Lanes8{} + 1.0f;  // underflow mask as 0 / 1
   x = x < -87.0f ? Lanes8{} - 87.0f : x;
   const Lanes8 k = __builtin_convertvector(__builtin_convertvector(x * 1.44269504f + (x < 0 ? -0.5f : 0.5f), Ints8),
@@ -595,9 +594,9 @@ inline const int32_t* KeysInBlock(const Problem& p, Routing& r, int64_t place, i
 
 // Fetches the rows of the next query's first kAhead keys that lie in the block [low, low + span) (GroupRows
 // fetches ahead only within a query, so each query's first rows were misses: the 16K forward took 12% longer).
-inline void PrefetchNextQuery(const Routing& r, int64_t place, int64_t size, int64_t low, int64_t span,
-                              const float* base, int64_t width) {
-  if (place + 1 >= size) return;
+inline void PrefetchNextQuery(const Routing& r, int64_t place, int64_t low, int64_t span, const float* base,
+                              int64_t width) {
+  if (place + 2 >= static_cast<int64_t>(r.united_start.size())) return;  // the last query
   const int32_t* next = r.united.data() + r.united_start[place + 1];
   const int64_t count = std::min<int64_t>(kAhead, r.united_start[place + 2] - r.united_start[place + 1]);
   for (int64_t a = 0; a < count; ++a)
@@ -611,7 +610,7 @@ inline void WalkBlocks(const Problem& p, Routing& r, const float* rows, int64_t 
   const int64_t n = p.n, size = r.queries[0].size, block = KeysPerBlock(p, width);
   for (int64_t low = 0; low < n; low += block) {
     for (int64_t place = 0; place < size; ++place) {
-      PrefetchNextQuery(r, place, size, low, block, rows, width);
+      PrefetchNextQuery(r, place, low, block, rows, width);
       int64_t m;
       const int32_t* mine = KeysInBlock(p, r, place, low, std::min(block, n - low), &m);
       if (m > 0) visit(place, mine, m);
