@@ -36,7 +36,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from anna_jax import cpu_kernel, lsh, plans
+from anna_jax import checks, cpu_kernel, lsh, plans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +195,7 @@ def collision_stats(counts, valid, total=lambda x: x):
                    mean_collisions=total(jnp.sum(counts, dtype=jnp.float32)) / real)
 
 
+@checks.guarded('anna', hashes='config', any_value_width=True)
 def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
   """Algorithm 1 over q, k, v of shape (batch, n, heads, head_dim).
 

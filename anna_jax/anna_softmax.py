@@ -40,7 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from anna_jax import cpu_kernel, lsh, plans
+from anna_jax import checks, cpu_kernel, lsh, plans
 from anna_jax.anna import ANNAConfig
 
 NEG = -1e30  # finite "minus infinity": exp(NEG - NEG) stays 1, never NaN
@@ -345,6 +345,7 @@ def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_bucke
   return normalise(state), collisions, collisions - jnp.sum(in_window)
 
 
+@checks.guarded('anna_softmax', hashes='config')
 def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=False):
   """Softmax over ANNA's collision set, for q, k, v of shape (batch, n, heads, head_dim).
 

@@ -87,7 +87,8 @@ class UnitSoftmaxAttention(nnx.Module):
     self.config = config
 
   def __call__(self, q, k, v, mask=None, causal=False):
-    return unit_softmax_attention(q, k, v, beta=self.config.beta, mask=mask, causal=causal), {}
+    return unit_softmax_attention(q, k, v, beta=self.config.beta, mask=mask, causal=causal,
+                                  collision_hashes=self.config.collision_hashes), {}
 
 
 class HashFunctions(nnx.Module):
@@ -141,7 +142,8 @@ class HashingAttention(nnx.Module):
       out, stats = sequence_parallel_anna_softmax(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
       return out, {'dropped_fraction': stats['dropped_fraction']}
     out, stats = anna_softmax_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
-    return out, {'dropped_fraction': stats.dropped_fraction}
+    # attended_pairs: (query, key, table) collisions inside the windows, the pairs the kernels score
+    return out, {'dropped_fraction': stats.dropped_fraction, 'attended_pairs': stats.collisions - stats.dropped}
 
 
 class ReformerAttention(nnx.Module):

@@ -6,6 +6,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from anna_jax import checks
+
 
 @dataclasses.dataclass(frozen=True)
 class FullConfig:
@@ -28,10 +30,15 @@ class BlockwiseConfig:
 @dataclasses.dataclass(frozen=True)
 class UnitSoftmaxConfig:
   beta: float = 1.0  # softmax(beta * q.k) over unit-norm q, k
+  # > 0: the collision kernel instead (beta unused): weights p_ij^z / sum_j' p_ij'^z with p_ij = 1 - angle(q_i,
+  # k_j) / pi, one hyperplane hash's collision probability, and z = collision_hashes. Algorithm 1 with z
+  # hyperplane hashes per table has E[c_ij] = l p_ij^z, so its weights tend to these as its tables l grow: a
+  # surrogate whose swap to `anna` changes the kernel only by sampling (ours; the paper trains beta q.k).
+  collision_hashes: int = 0
 
   def __post_init__(self):
-    if not self.beta > 0:
-      raise ValueError(f'beta must be > 0, got {self.beta}')
+    if not self.beta > 0 or self.collision_hashes < 0:
+      raise ValueError(f'need beta > 0 and collision_hashes >= 0, got {self.beta}, {self.collision_hashes}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,7 @@ class LowRankConfig:
       raise ValueError(f'lowrank num_features must be >= 1, got {self.num_features}')
 
 
+@checks.guarded('full')
 def full_attention(q, k, v, *, mask=None, causal=False, implementation=None):
   """Quadratic softmax attention over (batch, n, heads, head_dim); padded queries output zeros.
 
@@ -61,17 +69,37 @@ def unit_norm(x):
   return (x32 * jax.lax.rsqrt(jnp.maximum(jnp.sum(x32 * x32, axis=-1, keepdims=True), 1e-12))).astype(x.dtype)
 
 
-def unit_softmax_attention(q, k, v, *, beta, mask=None, causal=False):
-  """The paper's surrogate for ANNA: softmax(beta * q.k) over unit-normalised q and k, no 1 / sqrt(d).
+@checks.guarded('unit_softmax')
+def unit_softmax_attention(q, k, v, *, beta, mask=None, causal=False, collision_hashes=0):
+  """The paper's surrogate for ANNA: softmax(beta * q.k) over unit-normalised q and k, no 1 / sqrt(d); with
+  collision_hashes = z > 0, the collision kernel p^z / sum p^z instead (see UnitSoftmaxConfig).
 
   Angular LSH sees only directions, so a model trained with it can be evaluated with `anna` hashing the same
   normalised queries and keys. The norms are floored so a zero vector stays finite.
   """
   key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-  out = jax.nn.dot_product_attention(unit_norm(q), unit_norm(k), v, mask=key_mask, is_causal=causal, scale=beta)
+  if collision_hashes:
+    out = collision_kernel_attention(unit_norm(q), unit_norm(k), v, collision_hashes, key_mask, causal)
+  else:
+    out = jax.nn.dot_product_attention(unit_norm(q), unit_norm(k), v, mask=key_mask, is_causal=causal, scale=beta)
   if mask is not None:
     out = out * mask[:, :, None, None].astype(out.dtype)
   return out
+
+
+def collision_kernel_attention(q, k, v, hashes, key_mask, causal):
+  """sum_j p_ij^z v_j / sum_j p_ij^z over unit q, k (batch, n, heads, dim); p = 1 - angle / pi. O(n^2)."""
+  n = q.shape[1]
+  cos = jnp.einsum('bqhd,bkhd->bhqk', q.astype(jnp.float32), k.astype(jnp.float32))
+  # arccos' slope is infinite at +-1: clip so that identical directions get a finite gradient.
+  angle = jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6))
+  logits = hashes * jnp.log1p(-angle / jnp.pi)
+  allowed = jnp.ones((n, n), bool) if not causal else jnp.tril(jnp.ones((n, n), bool))
+  if key_mask is not None:
+    allowed = allowed & key_mask
+  weights = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
+  weights = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(jnp.float32)).astype(v.dtype)
 
 
 def draw_random_features(key, num_heads, head_dim, num_features):
@@ -79,12 +107,16 @@ def draw_random_features(key, num_heads, head_dim, num_features):
   return jax.random.normal(key, (num_heads, num_features, head_dim), jnp.float32)
 
 
+@checks.guarded('lowrank')
 def lowrank_attention(q, k, v, features, *, mask=None, causal=False):
   """Performer (FAVOR+) attention with positive random features: O(n * features * head_dim).
 
   softmax(q.k / sqrt(d)) is approximated by phi(q).phi(k) with phi(x) = exp(w.x - |x|^2 / 2) / sqrt(m).
   """
   dim = q.shape[-1]
+  if features.ndim != 3 or features.shape[0] != q.shape[2] or features.shape[2] != dim:
+    raise ValueError(f'lowrank: random features of shape {tuple(features.shape)} do not fit q {tuple(q.shape)}: '
+                     f'need (heads={q.shape[2]}, features, head_dim={dim})')
   num_features = features.shape[1]
   features = features.astype(q.dtype)
   valid = jnp.ones(q.shape[:2], bool) if mask is None else mask.astype(bool)
@@ -133,6 +165,7 @@ def causal_linear(phi_q, phi_k, v, block=64):
   return out.reshape(batch, -1, heads, v.shape[-1])[:, :n], norm.reshape(batch, -1, heads)[:, :n]
 
 
+@checks.guarded('full_blockwise')
 def full_blockwise_attention(q, k, v, *, mask=None, causal=False, block=512):
   """Exact softmax(q.k / sqrt(d)) attention computed block by block with an online softmax (flash-style).
 

@@ -20,8 +20,10 @@ under their custom VJPs.
 Built once per machine with the system C++ compiler ($CXX, default c++) against jaxlib's bundled XLA FFI
 headers, into $ANNA_JAX_CACHE (default ~/.cache/anna_jax), keyed by the source, the flags, the compiler, jaxlib
 and the CPU, so a cluster's nodes sharing a home directory never load each other's -march=native builds. Without
-a working compiler `available()` is False (and says why once): `anna` then runs its accelerator plan, which is
-pure XLA and gives the same outputs, only slower on CPU.
+a C++ compiler `available()` is False (and says why once): `anna` then runs its accelerator plan, which is
+pure XLA and gives the same outputs, only slower on CPU. That fallback is for a machine without a compiler
+only: a kernel source missing from the installed package, or a compiler that fails on it, raises
+`KernelBuildError` (a broken install must not silently run the slow plan).
 """
 
 import ctypes
@@ -92,17 +94,30 @@ def _compile(compiler, flags, output):
   return None
 
 
+class NoCompiler(RuntimeError):
+  """This machine has no C++ compiler: the kernels' callers fall back to the XLA plans."""
+
+
+class KernelBuildError(RuntimeError):
+  """A kernel source is missing or does not compile: an error, never a silent fallback."""
+
+
 def _build():
-  """Path of the built library (compiling it if this machine has none yet); raises RuntimeError if it cannot."""
+  """Path of the built library (compiling it if this machine has none yet); raises NoCompiler or
+  KernelBuildError if it cannot."""
   source = b''
   for path in SOURCES + HEADERS:
-    with open(path, 'rb') as f:
-      source += f.read()
+    try:
+      with open(path, 'rb') as f:
+        source += f.read()
+    except OSError as e:
+      raise KernelBuildError(f'the anna CPU kernel source {path} is missing from the installed package ({e}); '
+                             f'reinstall anna-jax') from None
   compiler = os.environ.get('CXX', 'c++')
   try:
     version = subprocess.run([compiler, '--version'], capture_output=True, text=True, timeout=60).stdout
   except (OSError, subprocess.SubprocessError) as e:
-    raise RuntimeError(f'no C++ compiler ({compiler}: {e})') from None
+    raise NoCompiler(f'no C++ compiler ({compiler}: {e})') from None
   errors, cache = [], _cache_dir()
   for flags in (_FLAGS + _NATIVE, _FLAGS):  # -march=native where the compiler knows it
     key = hashlib.sha256(repr((source, flags, version, jaxlib.__version__, _cpu_signature())).encode())
@@ -113,14 +128,21 @@ def _build():
     if error is None:
       return output
     errors.append(error)
-  raise RuntimeError(f'could not compile {_KERNELS}: {errors[-1]}')
+  raise KernelBuildError(f'could not compile the anna CPU kernels in {_KERNELS} with {compiler}: {errors[-1]} '
+                         f"(loop_plan='accelerator' runs without them)")
 
 
 @functools.cache
 def available():
-  """Builds and registers the kernel once per process; False (logged once) where that is impossible."""
+  """Builds and registers the kernel once per process; False (logged once) on a machine without a C++
+  compiler; KernelBuildError where a source is missing or does not compile."""
   try:
-    library = ctypes.cdll.LoadLibrary(_build())
+    path = _build()
+  except NoCompiler as e:
+    logging.warning('anna: no CPU kernel (%s); using the accelerator loop plan, slower on CPU', e)
+    return False
+  try:
+    library = ctypes.cdll.LoadLibrary(path)
     for target, symbol in TARGETS.items():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
   except (RuntimeError, OSError) as e:

@@ -57,9 +57,14 @@ class MultiHeadAttention(nnx.Module):
     self.out = nnx.Linear(config.width, config.width, rngs=rngs)
     self.core = make_attention(attention, self.num_heads, self.head_dim, rngs=rngs)
 
+  def heads(self, x):
+    """(q, k, v), each (batch, n, heads, head_dim), of the (normalised) residual stream x."""
+    batch, n, _ = x.shape
+    return jnp.split(self.qkv(x).reshape(batch, n, 3 * self.num_heads, self.head_dim), 3, axis=2)
+
   def __call__(self, x, mask, causal):
     batch, n, _ = x.shape
-    q, k, v = jnp.split(self.qkv(x).reshape(batch, n, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    q, k, v = self.heads(x)
     y, stats = self.core(q, k, v, mask=mask, causal=causal)
     return self.out(y.reshape(batch, n, -1)), stats
 
@@ -94,7 +99,8 @@ class Transformer(nnx.Module):
     self.norm = nnx.LayerNorm(config.width, rngs=rngs)
     self.head = nnx.Linear(config.width, config.num_classes, rngs=rngs)
 
-  def __call__(self, tokens, mask=None):
+  def __call__(self, tokens, mask=None, attention_inputs=None):
+    """attention_inputs: a list that receives each layer's (q, k, v) (for diagnostics), or None."""
     n = tokens.shape[1]
     if n > self.config.max_len:
       raise ValueError(f'sequence length {n} exceeds max_len {self.config.max_len}')
@@ -103,6 +109,8 @@ class Transformer(nnx.Module):
     x = self.embed(tokens) + self.position[...][:n]
     layer_stats = []
     for block in self.blocks:
+      if attention_inputs is not None:
+        attention_inputs.append(block.attention.heads(block.norm1(x)))
       x, stats = block(x, mask, self.config.causal)
       layer_stats.append(stats)
     names = {name for s in layer_stats for name in s}

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from anna_jax import lsh, plans
+from anna_jax import checks, lsh, plans
 from anna_jax.baselines import unit_norm
 
 _MASKED = -1e9  # causal / padding
@@ -138,6 +138,7 @@ def _row(q, keys, v, buckets, valid, **kwargs):
   return out, jnp.sum(collisions), jnp.sum(collisions) - jnp.sum(in_window)
 
 
+@checks.guarded('reformer', hashes='crosspolytope', shared_qk=True)
 def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
   """Reformer LSH attention over q, v of shape (batch, n, heads, head_dim); `k` is ignored (shared QK).
 

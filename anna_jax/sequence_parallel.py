@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax import lsh, plans
+from anna_jax import checks, lsh, plans
 from anna_jax.anna import bucket_ids, bucket_sums, collision_stats
 from anna_jax.anna_softmax import NEG, check_sort_key, empty_merge_state, merge, normalise, route, table_attention
 
@@ -108,6 +108,7 @@ def _record(name, x, per_round=False):
     ledger.append(Collective(name, x.size * x.dtype.itemsize, per_round))
 
 
+@checks.guarded('sequence_parallel_anna_softmax', hashes='config')
 def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis=SEQUENCE_AXIS, mask=None,
                                    causal=False, capacity=None):
   """anna_softmax over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.
@@ -238,6 +239,7 @@ def _attend_received(q, k, v, q_buckets, k_buckets, q_valid, k_valid, q_position
 # Algorithm 1 (`anna`) sequence-parallel.
 
 
+@checks.guarded('sequence_parallel_anna', hashes='config', any_value_width=True)
 def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis=SEQUENCE_AXIS, mask=None, causal=False,
                            capacity=None, tables_per_exchange=0):
   """Algorithm 1 (`anna_attention`) over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.

@@ -100,12 +100,15 @@ def describe(config):
           'full': lambda: c.implementation}[config.kind]()
 
 
-def analytic_flops(config, n, batch, heads, d):
+def analytic_flops(config, n, batch, heads, d, attended_pairs=None):
   """Forward FLOPs (multiply-add = 2), per the algorithm, not per XLA's lowering.
 
   full*: 4 n^2 d (q.k and p.v); lowrank: 8 n m d (features of q and k, k^T v, q (k^T v)); anna: 4 n d z l
-  (hashing q and k) + 2 n d l (scatter-add and gather); anna_softmax: 4 n d z l + 4 n W d l (q.k and p.v over
-  windows of W keys); reformer: 2 n d (B / 2) r (hashing) + 8 n c d r (chunks of c against 2c keys).
+  (hashing q and k) + 2 n d l (scatter-add and gather); anna_softmax: 4 n d z l + 4 d P (q.k and p.v over the P
+  pairs scored: the (query, key, table) collisions inside the windows, counted in the run, `attended_pairs`;
+  without it the windows' bound P = n W l, which counts window slots that hold no collision: at 1K that bound
+  came to 134% of the measured matmul peak); reformer: 2 n d (B / 2) r (hashing) + 8 n c d r (chunks of c
+  against 2c keys).
   """
   rows, c = batch * heads, config.settings
   if config.kind in ('full', 'full_blockwise'):
@@ -115,7 +118,8 @@ def analytic_flops(config, n, batch, heads, d):
   if config.kind == 'anna':
     return rows * (4.0 * n * d * c.num_hashes * c.num_tables + 2.0 * n * d * c.num_tables)
   if config.kind == 'anna_softmax':
-    return rows * (4.0 * n * d * c.num_hashes * c.num_tables + 4.0 * n * c.window * d * c.num_tables)
+    pairs = rows * n * c.window * c.num_tables if attended_pairs is None else attended_pairs
+    return rows * 4.0 * n * d * c.num_hashes * c.num_tables + 4.0 * d * pairs
   return rows * (2.0 * n * d * c.num_buckets / 2 * c.num_rounds + 8.0 * n * c.chunk_size * d * c.num_rounds)
 
 
@@ -126,6 +130,7 @@ class Kind:
   setting: str
   flops: float  # analytic forward FLOPs
   allowed: callable = None  # (sampled positions, q, k) -> (batch, heads, samples, n) bool
+  config: object = None  # its AttentionConfig
 
 
 def make_kind(kind, n, key, s):
@@ -146,7 +151,7 @@ def make_kind(kind, n, key, s):
         return oracle.reformer_allowed(q, projections, positions, causal=s.causal)
       return oracle.collision_counts(q, k, projections, config.anna_softmax.family, causal=s.causal,
                                      positions=positions) > 0
-  return Kind(fn, describe(config), analytic_flops(config, n, s.batch, s.heads, s.head_dim), allowed)
+  return Kind(fn, describe(config), analytic_flops(config, n, s.batch, s.heads, s.head_dim), allowed, config)
 
 
 def keys_of(kind, q, k):

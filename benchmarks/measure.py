@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import oracle
-from benchmarks.kinds import keys_of, make_kind
+from benchmarks.kinds import analytic_flops, keys_of, make_kind
 
 MODES = ('forward', 'train')  # train = forward + backward (gradients of q, k, v)
 
@@ -169,6 +169,10 @@ def measure(s, kind, mode, n, budget, peak_gflops, trace_dir=None):
         jax.block_until_ready(compiled(q, k, v))
     if mode == 'forward':  # quality, outside the timed calls
       quality(record, spec, s, q, k, v, keys[4])
+    if spec.config.kind == 'anna_softmax':  # FLOPs of the pairs the kernels score, counted in this run
+      pairs = float(jax.jit(spec.fn)(q, k, v)[1]['attended_pairs'])
+      record.analytic_flops = (3.0 if mode == 'train' else 1.0) * analytic_flops(
+          spec.config, n, s.batch, s.heads, s.head_dim, attended_pairs=pairs)
   except Exception as e:  # noqa: BLE001 -- out of memory at run time is recorded and the sweep goes on
     record.status, record.note = ('oom' if 'RESOURCE_EXHAUSTED' in str(e) else 'error'), first_line(e)
     return record

@@ -25,7 +25,7 @@ from absl import logging
 from flax import nnx
 
 from anna_jax.model import Transformer
-from experiments import experiment, plots, sweep, train
+from experiments import experiment, plots, records, sweep, train
 from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
@@ -70,6 +70,7 @@ class RunEvaluator:
   """The trained parameters and fixed test set of one run, and a compiled evaluation per grid cell."""
 
   def __init__(self, x, run_dir):
+    records.check(run_dir, x, what='grid')  # the checkpoint was trained with this config's training fields
     self.x = x
     self.trainer = train.Trainer(x)
     manager = train.checkpoint_manager(x, run_dir)
@@ -121,6 +122,8 @@ def run_grid(config, workdir, points=None):
   path = os.path.join(workdir, 'grid.jsonl')
   rows = read_rows(path)
   done = {cell_key(r['run'], r['step'], r['tables'], r['hashes'], r.get('settings')) for r in rows}
+  for name, x in points:  # records.StaleRun before any cell if a checkpoint was trained with other settings
+    records.check(os.path.join(workdir, 'runs', name), x, what='grid')
   for name, x in points:
     todo = cells(x.grid, x.model.depth)
     settings = cell_settings(x)

@@ -11,7 +11,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import grid, sweep
+from experiments import grid, records, swap_diagnosis, sweep
 from experiments.cli import fail, first_line, flags_parser, quiet_console, writable_dir
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'quick_figure1a.py')
@@ -39,6 +39,9 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Train again from scratch every run whose directory holds a run '
+                               'trained with other settings (deleting its checkpoints, result and logs); without '
+                               'it such a run stops the command with exit code 2.')
 
 
 
@@ -55,7 +58,8 @@ def load_config():
     fail(config_error(e))
 
 
-def main(argv, mode=None):
+def main(argv, mode=None, extra=None):
+  """mode: as --mode, or 'diagnose' (experiments.swap_diagnosis, whose flags are `extra`)."""
   quiet_console()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -70,12 +74,33 @@ def main(argv, mode=None):
   try:  # every run of the sweep built (and so validated) once, here
     points = grid.validate(config) if with_grid else sweep.validate(config)
     sweep.validate_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
+    if mode == 'diagnose':
+      cells = swap_diagnosis.parse_cells(extra['cells'].value)
+      if not all(x.evaluation.test_size for _, x in points):
+        raise ValueError('the diagnosis reads a fixed test set: set evaluation.test_size > 0')
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     fail(first_line(e))
   writable_dir(_WORKDIR.value)
   workdir = os.path.abspath(_WORKDIR.value)
+  try:
+    if mode == 'diagnose':
+      print(swap_diagnosis.run(config, workdir, points, cells, extra['sequences'].value))
+      return
+    run_modes(config, mode, with_grid, points)
+  except records.StaleRun as e:
+    fail(first_line(e))
+  if jax.process_index() == 0:
+    print(f'TensorBoard: tensorboard --logdir {workdir}/tb')
+
+
+def run_modes(config, mode, with_grid, points):
+  """Trains the sweep (unless mode is 'grid'), then evaluates its grid (if with_grid)."""
+  import jax
+
+  workdir = os.path.abspath(_WORKDIR.value)
   if mode != 'grid':
-    results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value, points=points)
+    results = sweep.run_sweep(config, _WORKDIR.value, _SHARD_INDEX.value, _NUM_SHARDS.value, points=points,
+                              overwrite=_OVERWRITE.value)
     if jax.process_index() == 0:
       logging.info('results: %s/results.md (%d runs)', workdir, len(results))
       print(open(os.path.join(workdir, 'results.md')).read() if results else 'no finished runs')
@@ -85,12 +110,10 @@ def main(argv, mode=None):
       print(open(os.path.join(workdir, 'grid.md')).read() if rows else 'no grid cells: no finished runs')
       if rows:
         print(f'grid: {workdir}/grid.jsonl, {workdir}/grid.md, plot {workdir}/grid.png')
-  if jax.process_index() == 0:
-    print(f'TensorBoard: tensorboard --logdir {workdir}/tb')
 
 
-def run_cli(mode=None):
-  app.run(functools.partial(main, mode=mode), flags_parser=flags_parser('anna-jax'))
+def run_cli(mode=None, extra_flags=None):
+  app.run(functools.partial(main, mode=mode, extra=extra_flags), flags_parser=flags_parser('anna-jax'))
 
 
 if __name__ == '__main__':

@@ -2,6 +2,9 @@
 
 Layout under the workdir:
   runs/<name>/checkpoints  Orbax checkpoints of each run (resume from the latest)
+  runs/<name>/config.json  the fields the run was trained with (experiments.records): a command whose point
+                           differs in any field behind the run's numbers stops (StaleRun), or with
+                           overwrite=True (--overwrite) trains that run again from scratch
   runs/<name>/result.json  written atomically when the run ends: a run with one (for at least the steps
                            asked) is skipped on restart; asked for more steps, it resumes from its checkpoint
   tb/<name>/               TensorBoard events of each run; tb/ holds the HParams experiment and the plot
@@ -11,12 +14,13 @@ Layout under the workdir:
 import json
 import os
 import re
+import shutil
 import time
 
 import jax
 from absl import logging
 
-from experiments import experiment, plots, train
+from experiments import experiment, plots, records, train
 from experiments.files import write_atomic
 from experiments.summaries import SummaryWriter
 
@@ -114,14 +118,32 @@ def write_reports(workdir, names):
   return results
 
 
-def run_sweep(config, workdir, shard_index=0, num_shards=1, points=None):
+def check_recorded(workdir, points, overwrite=False):
+  """records.StaleRun for the first point whose run directory holds a run trained with other settings; with
+  `overwrite`, such runs are deleted instead (checkpoints, result, TensorBoard logs) and train from scratch."""
+  for name, x in points:
+    run_dir = os.path.join(workdir, 'runs', name)
+    try:
+      records.check(run_dir, x)
+    except records.StaleRun as e:
+      if not overwrite:
+        raise
+      logging.warning('%s; --overwrite: deleting it to train again from scratch', e)
+      if jax.process_index() == 0:
+        shutil.rmtree(run_dir)
+        shutil.rmtree(os.path.join(workdir, 'tb', name), ignore_errors=True)
+
+
+def run_sweep(config, workdir, shard_index=0, num_shards=1, points=None, overwrite=False):
   """Runs this shard's unfinished points; returns the results of every finished point of the sweep.
-  points: `validate(config)` when the caller has built them already."""
+  points: `validate(config)` when the caller has built them already. A point whose run directory holds a run
+  trained with other settings raises records.StaleRun before anything trains, unless `overwrite`."""
   validate_shard(shard_index, num_shards)
   points = points or validate(config)
   names = [name for name, _ in points]
   mine = shard(points, shard_index, num_shards)
   os.makedirs(workdir, exist_ok=True)
+  check_recorded(workdir, mine, overwrite)
   if jax.process_index() == 0:
     writer = SummaryWriter(os.path.join(workdir, 'tb'))
     hparams = list(dict.fromkeys(field for _, x in points for field in x.fields))

@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from anna_jax.model import Transformer
 from anna_jax.sequence_parallel import SEQUENCE_AXIS
-from experiments import experiment
+from experiments import experiment, records
 from experiments.summaries import SummaryWriter
 
 METRICS = ('eval/error', 'eval/max_k_solved', 'train/loss')
@@ -224,7 +224,10 @@ def run(x, workdir, tb_dir=None, label=''):
   non-finite loss stopped the run (the last good checkpoint is kept), or 'time_limit' (train.time_limit_s; steps
   is then the steps completed, so a sweep resumes it). `label` prefixes console progress lines.
   """
+  records.check(workdir, x)  # records.StaleRun if workdir holds a run trained with other settings
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    records.write(workdir, x)
   trainer = Trainer(x)
   with jax.set_mesh(trainer.mesh):  # attention sees the mesh's sequence axis while it is traced
     return _run(trainer, workdir, tb_dir, label)

@@ -1,6 +1,7 @@
 """The paper's ANNA (Algorithm 1) against its dense oracle, and the LSH families it hashes with."""
 
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -323,18 +324,19 @@ def test_cpu_kernel_at_wide_heads_equals_the_oracle(dim):
     np.testing.assert_allclose(grad, expected_grad, atol=2e-4)
 
 
-@pytest.mark.parametrize('hashes, min_ids', [(24, cpu_kernel.KERNEL_MIN_IDS), (7, 0), (40, 0)])
+@pytest.mark.parametrize('hashes, min_ids, n', [(24, cpu_kernel.KERNEL_MIN_IDS, 60), (7, 0, 60), (40, 0, 60),
+                                                (24, cpu_kernel.KERNEL_MIN_IDS, 1000), (12, 0, 1000)])
 @pytest.mark.parametrize('causal', [False, True])
-def test_cpu_kernel_hashed_rows_equal_the_oracle(monkeypatch, hashes, min_ids, causal):
-  # Code spaces past max(n, KERNEL_MIN_IDS) are hashed into 2n-4n rows per table: 2**24 codes; 128 codes forced
-  # into 128 hashed rows (60 keys: probes collide and wrap); 2**40 codes, numbered by lsh's sort past int32.
+def test_cpu_kernel_hashed_rows_equal_the_oracle(monkeypatch, hashes, min_ids, n, causal):
+  # Code spaces past max(n, KERNEL_MIN_IDS) are hashed into 2n-4n rows per table: 2**24 codes; 128 (4096) codes
+  # forced into 128 (2048) hashed rows (probes collide and wrap); 2**40 codes, numbered by lsh's sort past int32.
   monkeypatch.setattr(cpu_kernel, 'KERNEL_MIN_IDS', min_ids)
   config = ANNAConfig(num_tables=3, num_hashes=hashes, loop_plan='cpu')
-  q, k, v = qkv(60, seed=hashes)
+  q, k, v = qkv(n, seed=hashes)
   k = k.at[:, ::2].set(q[:, ::2])  # shared directions, so fine buckets still hold pairs
   proj = draw_projections(jax.random.key(hashes), 2, 8, config)
-  mask = padding_mask(60, [60, 41])
-  assert cpu_kernel.hashed_rows(60, lsh.bucket_ids(q, k, proj, 'hyperplane')[2]) == 128
+  mask = padding_mask(n, [n, n * 2 // 3])
+  assert cpu_kernel.hashed_rows(n, lsh.bucket_ids(q, k, proj, 'hyperplane')[2]) == 2 ** math.ceil(math.log2(2 * n))
   stats = assert_equals_oracle(q, k, v, proj, config, mask, causal)
   assert 0.0 < float(stats.no_collision_fraction) < 1.0
 

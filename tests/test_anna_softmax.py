@@ -105,10 +105,17 @@ def test_union_semantics_each_key_counted_once():
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize('causal, dense_up_to', [(False, 0), (True, 0), (True, 256)])
-def test_collision_count_matches_dense_count(causal, dense_up_to):
+# The plan's own path (C++ kernel on CPU), the XLA sorted chunks, the XLA dense layout (n <= dense_up_to: XLA plans
+# only; the kernel serves every length).
+LAYOUTS = [('auto', 0), ('accelerator', 0), ('accelerator', 256)]
+LAYOUT_IDS = ['plan', 'sorted', 'dense']
+
+
+@pytest.mark.parametrize('plan, dense_up_to', LAYOUTS, ids=LAYOUT_IDS)
+@pytest.mark.parametrize('causal', [False, True])
+def test_collision_count_matches_dense_count(causal, plan, dense_up_to):
   n = 40
-  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=8, dense_up_to=dense_up_to)
+  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=8, dense_up_to=dense_up_to, loop_plan=plan)
   q, k, v, proj = setup(n, config, seed=1)
   mask = padding_mask(n, [40, 25])
   _, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
@@ -142,13 +149,13 @@ def attended_by_windows(q_buckets, k_buckets, chunk, window, causal=False):
 
 
 @pytest.mark.parametrize('weighting, causal', [('softmax', False), ('uniform', False), ('softmax', True)])
-@pytest.mark.parametrize('dense_up_to', [0, 256])  # the sorted chunks, and the dense layout of the same windows
-def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting, causal, dense_up_to):
+@pytest.mark.parametrize('plan, dense_up_to', LAYOUTS, ids=LAYOUT_IDS)
+def test_overflowing_windows_attend_the_union_of_attended_pairs(weighting, causal, plan, dense_up_to):
   # Windows far smaller than the buckets: most collisions are dropped, and a pair dropped by one table but
   # attended by another must still count, exactly once.
   n = 64
   config = ANNAConfig(num_tables=3, num_hashes=1, chunk_size=8, window=8, weighting=weighting,
-                      dense_up_to=dense_up_to)
+                      dense_up_to=dense_up_to, loop_plan=plan)
   q, k, v, proj = setup(n, config, seed=6)
   out, stats = anna_attention(q, k, v, proj, config, causal=causal)
   assert float(stats.dropped_fraction) > 0.4
@@ -171,8 +178,8 @@ def test_causal_with_heavy_dropping_never_reads_the_future():
   q, k, v, proj = setup(n, config, heads=2, dim=16, seed=3)
   future = qkv(n, heads=2, dim=16, seed=13)
   changed = [jnp.where(jnp.arange(n)[None, :, None, None] > cut, f, x) for x, f in zip((q, k, v), future)]
-  for plan, dense_up_to in (('cpu', 0), ('accelerator', 0), ('cpu', n)):  # sorted chunks both ways, dense
-    planned = dataclasses.replace(config, loop_plan=plan, dense_up_to=dense_up_to)
+  for plan, dense_up_to in LAYOUTS:  # the kernel (on CPU), the XLA sorted chunks and the XLA dense layout
+    planned = dataclasses.replace(config, loop_plan=plan, dense_up_to=dense_up_to and n)
     before, stats = anna_attention(q, k, v, proj, planned, causal=True)
     after, _ = anna_attention(*changed, proj, planned, causal=True)
     assert float(stats.dropped_fraction) > 0.5  # most collisions fall outside the windows
@@ -219,22 +226,33 @@ def test_padding_does_not_change_valid_outputs(kind):
   np.testing.assert_array_equal(out_padded[:, n:], 0.0)
 
 
-@pytest.mark.parametrize('kind', ['anna_softmax', 'full', 'lowrank'])
-def test_causal_has_no_leakage(kind):
+@pytest.mark.parametrize('kind', ['anna_softmax-plan', 'anna_softmax-sorted', 'anna_softmax-dense', 'full',
+                                  'lowrank'])
+def test_causal_has_no_leakage_in_outputs_or_gradients(kind):
+  # Windows of 8 keys in buckets of about 12: collisions drop, so the windows' placement is under test too.
   n, cut = 48, 20
-  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=48)
+  plan, dense_up_to = dict(zip(LAYOUT_IDS, LAYOUTS)).get(kind.partition('-')[2], ('auto', 0))
+  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=8, loop_plan=plan, dense_up_to=dense_up_to)
   q, k, v, proj = setup(n, config)
   features = draw_random_features(jax.random.key(4), 2, 8, 16)
   attend = {
       'anna_softmax': lambda q, k, v: anna_attention(q, k, v, proj, config, causal=True)[0],
       'full': lambda q, k, v: full_attention(q, k, v, causal=True),
       'lowrank': lambda q, k, v: lowrank_attention(q, k, v, features, causal=True),
-  }[kind]
+  }[kind.partition('-')[0]]
+  if kind.startswith('anna_softmax'):
+    assert float(anna_attention(q, k, v, proj, config, causal=True)[1].dropped_fraction) > 0.1
   future = qkv(n, seed=11)
   changed = [jnp.where(jnp.arange(n)[None, :, None, None] > cut, f, x) for x, f in zip((q, k, v), future)]
   before, after = attend(q, k, v), attend(*changed)
   np.testing.assert_allclose(after[:, : cut + 1], before[:, : cut + 1], atol=1e-5)
   assert float(jnp.max(jnp.abs(after[:, cut + 1 :] - before[:, cut + 1 :]))) > 1e-3
+  # Gradients of the outputs up to `cut` reach no input after it (and do reach the inputs before it).
+  probe = jax.random.normal(jax.random.key(5), q.shape)[:, : cut + 1]
+  grads = jax.grad(lambda *x: jnp.sum(attend(*x)[:, : cut + 1] * probe), argnums=(0, 1, 2))(q, k, v)
+  for g in grads:
+    np.testing.assert_array_equal(g[:, cut + 1 :], 0.0)
+    assert float(jnp.max(jnp.abs(g[:, : cut + 1]))) > 1e-4
 
 
 def test_query_without_colliding_key_outputs_zeros():

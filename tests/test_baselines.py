@@ -13,7 +13,8 @@ from jax import export
 from anna_jax import cpu_kernel
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
-from anna_jax.baselines import causal_linear, full_attention, full_blockwise_attention
+from anna_jax.baselines import (causal_linear, full_attention, full_blockwise_attention, unit_norm,
+                                unit_softmax_attention)
 from anna_jax.lsh import hash_codes
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 
@@ -230,3 +231,17 @@ def test_blockwise_causal_linear_attention_equals_the_masked_product():
   out, norm = causal_linear(phi_q, phi_k, v, block=8)
   np.testing.assert_allclose(out, jnp.einsum('bhqk,bkhd->bqhd', weights, v), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(norm, jnp.sum(weights, -1).transpose(0, 2, 1), rtol=1e-5)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_collision_kernel_is_what_algorithm_1_tends_to_as_its_tables_grow(causal):
+  # E[c_ij] = l p_ij^z: with many tables anna's weights c_ij / sum c_ij' approach p^z / sum p^z; with few they
+  # do not (the check can fail).
+  q, k, v = (unit_norm(x) for x in qkv(24, batch=1, heads=1, dim=8, seed=3))
+  kernel = unit_softmax_attention(q, k, v, beta=1.0, collision_hashes=3, causal=causal)
+  errors = {}
+  for tables in (2, 20_000):
+    config = ANNAConfig(num_tables=tables, num_hashes=3)
+    out, _ = anna_attention(q, k, v, draw_projections(jax.random.key(1), 1, 8, config), config, causal=causal)
+    errors[tables] = float(jnp.max(jnp.abs(out - kernel)))
+  assert errors[20_000] < 0.03 < errors[2], errors

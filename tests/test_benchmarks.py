@@ -4,8 +4,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
+from anna_jax import oracle
+from anna_jax.attention import make_attention
 from benchmarks.measure import Record
 from benchmarks.report import crossover, fit_slope
 
@@ -85,19 +90,28 @@ def test_measure_runs_in_process_from_a_settings_object():
   from benchmarks import kinds, measure
   s = kinds.Settings(heads=2, head_dim=8, num_tables=2, chunk_size=16, window=16, repeats=1, quality_queries=8,
                      reformer_chunk=16)
-  # Analytic FLOPs written out by hand (rows = batch x heads = 2, n = 64, d = 8): full 4 n^2 d; anna_softmax
-  # (z = log2(64 / 8) = 3, l = 2, W = 16) 4 n d z l + 4 n W d l; reformer (4 buckets, 8 rounds, chunk 16)
-  # 2 n d (B / 2) r + 8 n c d r.
-  expected = {'full': 2 * 4 * 64 * 64 * 8, 'anna_softmax': 2 * (4 * 64 * 8 * 3 * 2 + 4 * 64 * 16 * 8 * 2),
-              'reformer': 2 * (2 * 64 * 8 * 2 * 8 + 8 * 64 * 16 * 8 * 8)}
+  # Analytic FLOPs written out by hand (rows = batch x heads = 2, n = 64, d = 8): full 4 n^2 d; reformer (4
+  # buckets, 8 rounds, chunk 16) 2 n d (B / 2) r + 8 n c d r; anna_softmax (z = log2(64 / 8) = 3, l = 2, W = 16)
+  # 4 n d z l + 4 d P over the P pairs scored, fewer than the window slots n W l.
+  expected = {'full': 2 * 4 * 64 * 64 * 8, 'reformer': 2 * (2 * 64 * 8 * 2 * 8 + 8 * 64 * 16 * 8 * 8)}
   for kind, flops in expected.items():
     record = measure.measure(s, kind, 'forward', 64, budget=2**34, peak_gflops=1.0)
     assert record.status == 'ok' and record.median_seconds > 0, record
     assert record.analytic_flops == flops, kind
-  # anna_softmax with windows that hold every collision: its quality reference (the oracle) agrees with it.
+  hashing = 2 * 4 * 64 * 8 * 3 * 2
+  record = measure.measure(s, 'anna_softmax', 'forward', 64, budget=2**34, peak_gflops=1.0)
+  assert hashing < record.analytic_flops < hashing + 2 * 4 * 64 * 16 * 8 * 2
+  # anna_softmax with windows that hold every collision: its quality reference (the oracle) agrees with it, and
+  # the pairs it is charged for are the oracle's (query, key, table) collisions.
   wide = kinds.Settings(heads=2, head_dim=8, num_tables=2, num_hashes=2, chunk_size=16, window=64, repeats=1,
                         quality_queries=16)
-  record = measure.measure(wide, 'anna_softmax', 'forward', 64, budget=2**34, peak_gflops=1.0)
+  for mode in ('forward', 'train'):
+    record = measure.measure(wide, 'anna_softmax', mode, 64, budget=2**34, peak_gflops=1.0)
+    keys = jax.random.split(jax.random.key(wide.seed), 5)
+    q, k = (jax.random.normal(key, (wide.batch, 64, 2, 8)) for key in keys[:2])
+    module = make_attention(kinds.attention_config('anna_softmax', 64, wide), 2, 8, rngs=nnx.Rngs(keys[3]))
+    pairs = float(jnp.sum(oracle.collision_counts(q, k, module.hashes.projections[...], 'hyperplane')))
+    assert record.analytic_flops == (3 if mode == 'train' else 1) * (2 * 4 * 64 * 8 * 2 * 2 + 4 * 8 * pairs)
   assert record.dropped_fraction == 0.0 and record.relative_error < 1e-5
   with pytest.raises(ValueError, match='>= 1'):
     kinds.Settings(repeats=0)

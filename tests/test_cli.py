@@ -36,6 +36,8 @@ BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
     ('experiments.grid', ['--config.grid.draws=0'], 'draws'),
     ('experiments.grid', ['--config.grid.tables_per_layer=((1,),(2,))'], 'depth'),
     ('experiments.n_scaling', [], 'no grid rows'),
+    ('experiments.swap_diagnosis', ['--cells=16x4'], 'tables:hashes'),
+    ('experiments.swap_diagnosis', [KHOP], 'test_size'),
     ('experiments.match2_construction', ['--log2_n=ten'], 'integers'),
     ('experiments.match2_construction', ['--width=7'], 'even'),
     ('benchmarks.scaling', ['--kinds=sparse'], 'unknown kinds'),

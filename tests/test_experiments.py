@@ -211,6 +211,11 @@ def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
   lines = [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
   assert [r['name'] for r in lines] == ['khop-full-depth=1', 'khop-full-depth=2']
   assert all(r['status'] == 'done' and r['steps'] == 300 for r in lines)
+  # Another seed in the same workdir: one line, exit code 2, nothing trained or rewritten.
+  stale = run_main(*args, '--config.seed=1')
+  assert stale.returncode == 2 and len(stale.stderr.strip().splitlines()) == 1, stale.stderr[-2000:]
+  assert 'seed 0 -> 1' in stale.stderr and '--overwrite' in stale.stderr
+  assert first_result.read_text() == saved
 
 
 def test_every_config_section_reaches_the_module_it_configures():

@@ -1,10 +1,12 @@
 """Train once, evaluate on a grid: tiny configs end to end, resume included."""
 
 import copy
+import json
 
 import numpy as np
+import pytest
 
-from experiments import experiment, grid, plots, sweep
+from experiments import experiment, grid, plots, records, swap_diagnosis, sweep
 from experiments.configs import match2_paper, quick_figure1a
 
 
@@ -127,6 +129,20 @@ def test_a_cell_is_evaluated_again_when_anything_behind_its_numbers_changes(tmp_
     assert len(rows) == len(saved) == 1 and saved[0]['settings'][setting] == value
     calls.clear()
   assert rows[0]['draws'] == 2 and rows[0]['settings']['attention.anna.family'] == 'crosspolytope'
+  # A field behind the weights: the checkpoint was not trained with it, so the grid refuses to evaluate it.
+  saved = (tmp_path / 'grid.jsonl').read_text()
+  with pytest.raises(records.StaleRun, match='optim.learning_rate'):
+    grid.run_grid(tiny_match2({'optim.learning_rate': 0.5, 'grid.tables_per_layer': ((2,),), 'grid.hashes': (1,)}),
+                  str(tmp_path))
+  assert (tmp_path / 'grid.jsonl').read_text() == saved and not calls
+  # The swap diagnosis of the same checkpoint: per layer and head, the surrogate's weights beside anna's.
+  points = [(name, x) for name, x in sweep.validate(c) if (tmp_path / 'runs' / name / 'checkpoints').exists()]
+  text = swap_diagnosis.run(c, str(tmp_path), points, [(2, 1), (64, 0)], sequences=8)
+  rows = [json.loads(line) for line in (tmp_path / 'swap_diagnosis.jsonl').read_text().splitlines()]
+  assert len(rows) == 1 and rows[0]['layer'] == 1 and '| 1 | 0 |' in text
+  assert 0 < rows[0]['top_weight'] <= 1 and -1 <= rows[0]['cos_top'] <= 1
+  # z = 0: every key collides in every table, so anna is uniform attention and keeps no query alone.
+  assert rows[0]['64:0']['alone'] == 0 and rows[0]['64:0']['top_kept'] == pytest.approx(1 / 8)
 
 
 def test_grid_models_carry_the_cell_tables_hashes_and_family():

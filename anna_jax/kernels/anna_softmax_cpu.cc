@@ -744,15 +744,27 @@ bool BackwardTask(const Problem& p, int64_t task, Routing& r, Rows& rows) {
 }
 
 
-// Reads the shapes shared by both targets into p; an error message, or nullptr.
-const char* Shapes(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::S32>& q_ids,
-                   const ffi::Buffer<ffi::S32>& k_ids, const ffi::Buffer<ffi::PRED>& valid, Problem& p,
-                   int64_t* tasks) {
+// Whether two float buffers have the same dimensions.
+bool SameShape(const ffi::Buffer<ffi::F32>& a, const ffi::Buffer<ffi::F32>& b) {
+  const auto da = a.dimensions(), db = b.dimensions();
+  if (da.size() != db.size()) return false;
+  for (size_t i = 0; i < da.size(); ++i)
+    if (da[i] != db[i]) return false;
+  return true;
+}
+
+// Reads the shapes shared by both targets into p; an error message, or nullptr. Every float buffer the target
+// reads (q, k, v; the backward's out and dout too) must have q's shape: a v of another head width would be read
+// past its end.
+const char* Shapes(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, const ffi::Buffer<ffi::F32>& v,
+                   const ffi::Buffer<ffi::S32>& q_ids, const ffi::Buffer<ffi::S32>& k_ids,
+                   const ffi::Buffer<ffi::PRED>& valid, Problem& p, int64_t* tasks) {
   const auto dims = q.dimensions();
   const auto id_dims = q_ids.dimensions();
   const size_t rank = dims.size();
   if (rank < 3 || id_dims.size() != rank || k_ids.dimensions().size() != rank)
     return "anna_softmax kernel: q (..., n, heads, dim) and ids (..., n, heads, tables) need equal rank >= 3";
+  if (!SameShape(q, k) || !SameShape(q, v)) return "anna_softmax kernel: q, k and v must have equal shapes";
   for (size_t a = 0; a + 1 < rank; ++a)
     if (id_dims[a] != dims[a] || k_ids.dimensions()[a] != dims[a])
       return "anna_softmax kernel: ids and q disagree in shape";
@@ -818,7 +830,7 @@ ffi::Error SoftmaxForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Bu
   Problem p = Attributes(num_ids, key_slots, window, chunk, causal, uniform, scale, query_major_bytes,
                          key_block_bytes);
   int64_t tasks;
-  if (const char* error = Shapes(q, q_ids, k_ids, valid, p, &tasks)) return ffi::Error::InvalidArgument(error);
+  if (const char* error = Shapes(q, k, v, q_ids, k_ids, valid, p, &tasks)) return ffi::Error::InvalidArgument(error);
   p.q = q.typed_data(), p.k = k.typed_data(), p.v = v.typed_data();
   p.q_ids = q_ids.typed_data(), p.k_ids = k_ids.typed_data(), p.valid = valid.typed_data();
   p.out = out->typed_data(), p.lse = lse->typed_data(), p.stats = stats->typed_data();
@@ -839,7 +851,9 @@ ffi::Error SoftmaxBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::B
   Problem p = Attributes(num_ids, key_slots, window, chunk, causal, uniform, scale, query_major_bytes,
                          key_block_bytes);
   int64_t tasks;
-  if (const char* error = Shapes(q, q_ids, k_ids, valid, p, &tasks)) return ffi::Error::InvalidArgument(error);
+  if (const char* error = Shapes(q, k, v, q_ids, k_ids, valid, p, &tasks)) return ffi::Error::InvalidArgument(error);
+  if (!SameShape(q, out) || !SameShape(q, dout) || static_cast<int64_t>(lse.element_count()) * p.dim != q.element_count())
+    return ffi::Error::InvalidArgument("anna_softmax kernel: out and dout must have q's shape, lse (..., n, heads)");
   p.q = q.typed_data(), p.k = k.typed_data(), p.v = v.typed_data(), p.dout = dout.typed_data();
   p.out = const_cast<float*>(out.typed_data()), p.lse = const_cast<float*>(lse.typed_data());  // read only
   p.q_ids = q_ids.typed_data(), p.k_ids = k_ids.typed_data(), p.valid = valid.typed_data();

@@ -38,7 +38,9 @@ def get_config():
   c.attention.per_layer = ()  # () or one dict of overrides per layer, e.g. ({'kind': 'full'}, {'kind': 'anna'})
   c.attention.full = section(FullConfig)  # implementation: '' (XLA's choice), 'xla' or 'cudnn'
   c.attention.full_blockwise = section(BlockwiseConfig)  # block: query and key block
-  c.attention.unit_softmax = section(UnitSoftmaxConfig)  # beta: softmax(beta * q.k) over unit-norm q, k
+  # unit_softmax: beta (softmax(beta * q.k) over unit-norm q, k), or collision_hashes z > 0: weights p^z / sum p^z
+  # with p = 1 - angle(q, k) / pi, what Algorithm 1 with z hashes converges to as its tables grow.
+  c.attention.unit_softmax = section(UnitSoftmaxConfig)
   # anna: tables l, hashes z, LSH family ('hyperplane': 2**z buckets; 'crosspolytope': (2 d')**z),
   # crosspolytope_dim d' (0 = head dim), resample_hashes, loop_plan ('auto', 'cpu', 'accelerator').
   c.attention.anna = section(ANNAConfig, num_tables=4, num_hashes=2)

@@ -1,0 +1,111 @@
+"""What a run directory records about the config that trained it, and the check that a later command agrees.
+
+`runs/<name>/config.json` is written (atomically) before a run's first step: every field the run reads, as
+`Experiment.fields` holds them. A later command that trains in the same directory, or evaluates its checkpoint
+on a grid, compares its own fields with the record and refuses (`StaleRun`, one line naming the fields) when any
+field that changes the run's numbers differs: otherwise an old checkpoint would be resumed, skipped as finished
+or evaluated under the new settings' name.
+
+Fields that do not change a run's numbers, and so may differ (`UNRECORDED`): how many steps (more continues the
+run, fewer stops it), how often it logs, evaluates and checkpoints, how many checkpoints it keeps, its time limit,
+and how many devices it is split over (the same numbers up to float reduction order). The grid compares only
+what made the weights (`training_fields`: the evaluation section may differ, its cells are keyed by it), and
+the sections of attention kinds the run neither trains nor evaluates with (the grid's own `anna`) never count.
+Runs from before these records (a result.json or checkpoints, no config.json) are compared with their
+result.json where there is one, and are otherwise adopted with a warning.
+"""
+
+import json
+import os
+
+from absl import logging
+
+from experiments.files import write_atomic
+
+UNRECORDED = ('train.steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
+              'train.time_limit_s', 'train.num_devices', 'train.sequence_devices', 'evaluation.every')
+RECORD = 'config.json'
+
+
+class StaleRun(ValueError):
+  """A run directory holds a run trained with other settings than the command asks for."""
+
+
+def _plain(value):
+  return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _kinds(model):
+  return {model.attention.kind, *(layer.kind for layer in model.layer_attention)}
+
+
+def run_fields(x):
+  """{field: value} of the built Experiment `x` that its numbers depend on (see the module docstring)."""
+  kinds = _kinds(x.model) | _kinds(x.eval_model)
+  fields = {}
+  for path, value in x.fields.items():
+    parts = path.split('.')
+    if path in UNRECORDED or (parts[0] == 'attention' and len(parts) > 2 and parts[1] not in kinds):
+      continue
+    fields[path] = _plain(value)
+  return fields
+
+
+def training_fields(x):
+  """run_fields without the evaluation section: what made the weights."""
+  return {path: value for path, value in run_fields(x).items() if not path.startswith('evaluation.')}
+
+
+def recorded_fields(run_dir):
+  """(fields, legacy) recorded for the run in `run_dir`: config.json's, else a legacy result.json's (legacy =
+  True); (None, False) if neither exists."""
+  for name in (RECORD, 'result.json'):
+    path = os.path.join(run_dir, name)
+    if os.path.exists(path):
+      with open(path) as f:
+        record = json.load(f)
+      return (record['fields'], False) if name == RECORD else (record, True)
+  return None, False
+
+
+def differences(recorded, wanted, legacy):
+  """'field recorded -> wanted' for every field whose values differ. A legacy record holds the fields of its day
+  beside its results: only the wanted fields it has are compared."""
+  paths = [p for p in wanted if p in recorded] if legacy else sorted(set(recorded) | set(wanted))
+  missing = object()
+  return [f'{p} {recorded.get(p, "(absent)")} -> {wanted.get(p, "(absent)")}' for p in paths
+          if recorded.get(p, missing) != wanted.get(p, missing)]
+
+
+def check(run_dir, x, what='train'):
+  """StaleRun if the run recorded in `run_dir` differs from the built Experiment `x`: in run_fields when it is
+  to be trained (what='train'), in training_fields when its checkpoint is to be evaluated (what='grid')."""
+  recorded, legacy = recorded_fields(run_dir)
+  if recorded is None:
+    return
+  wanted = run_fields(x) if what == 'train' else training_fields(x)
+  if what != 'train':
+    recorded = {p: v for p, v in recorded.items() if not p.startswith('evaluation.')}
+  differing = differences(recorded, wanted, legacy)
+  if differing:
+    action = ('rerun with --overwrite to train it again from scratch, or choose another --workdir' if what == 'train'
+              else 'evaluate it with the config it was trained with')
+    raise StaleRun(f'{run_dir} was trained with other settings ({"; ".join(differing)}): {action}')
+
+
+def has_run(run_dir):
+  """Whether anything of a run is in `run_dir`: a record, a result or a checkpoint."""
+  checkpoints = os.path.join(run_dir, 'checkpoints')
+  return (any(os.path.exists(os.path.join(run_dir, name)) for name in (RECORD, 'result.json'))
+          or (os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))))
+
+
+def write(run_dir, x):
+  """Records the run's fields in `run_dir` (once: a resumed run keeps its record; a legacy run is adopted)."""
+  path = os.path.join(run_dir, RECORD)
+  if os.path.exists(path):
+    return
+  if has_run(run_dir):
+    logging.warning('%s has no recorded config (a run from before records): adopting this one', run_dir)
+  os.makedirs(run_dir, exist_ok=True)
+  write_atomic(path, json.dumps({'fields': run_fields(x)}, indent=1, sort_keys=True))
