@@ -18,6 +18,7 @@ Sections (experiments/configs/default.py sets every field):
 import copy
 import dataclasses
 import itertools
+import os
 from typing import Any
 
 import jax
@@ -59,6 +60,11 @@ class TrainConfig:
   # > 0: stop once training has run this many seconds, with a checkpoint and an evaluation (status
   # 'time_limit', the result's steps those completed), so the same command resumes: a fixed slice of a machine.
   time_limit_s: float = 0.0
+  # A run directory whose latest checkpoint's trained parameters start this run (matched by name, shapes checked;
+  # what the model has beyond them, such as anna's hash functions, is drawn as usual), with a fresh optimizer:
+  # fine-tuning, e.g. a unit_softmax surrogate with `anna` in every layer (its v and everything outside the
+  # attention learn; q and k get no gradient from Algorithm 1). '' starts from scratch.
+  init_from: str = ''
 
   def __post_init__(self):
     check_at_least('train', self, 1, ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
@@ -260,6 +266,8 @@ def build(c):
   eval_model = model_config(c, task, kind=evaluation.attention) if evaluation.attention else model
   if optim.warmup_steps > train.steps:
     raise ValueError(f'optim.warmup_steps {optim.warmup_steps} exceeds train.steps {train.steps}')
+  if train.init_from and not os.path.isdir(os.path.join(train.init_from, 'checkpoints')):
+    raise ValueError(f'train.init_from: {train.init_from} is no run directory (it has no checkpoints/)')
   if train.train_size and task.name != 'match2':
     raise ValueError('a fixed training set (train.train_size > 0) is only defined for match2')
   if task.name == 'khop' and not -1 <= evaluation.k <= task.max_k:

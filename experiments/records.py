@@ -12,9 +12,11 @@ and how many devices it is split over (the same numbers up to float reduction or
 what made the weights (`training_fields`: the evaluation section may differ, its cells are keyed by it), and
 the sections of attention kinds the run neither trains nor evaluates with (the grid's own `anna`) never count.
 Runs from before these records (a result.json or checkpoints, no config.json) are compared with their
-result.json where there is one, and are otherwise adopted with a warning.
+result.json where there is one, and are otherwise adopted with a warning. Fields the record lacks (added to the
+code later) count as recorded at their default.
 """
 
+import functools
 import json
 import os
 
@@ -57,36 +59,43 @@ def training_fields(x):
 
 
 def recorded_fields(run_dir):
-  """(fields, legacy) recorded for the run in `run_dir`: config.json's, else a legacy result.json's (legacy =
-  True); (None, False) if neither exists."""
+  """The fields recorded for the run in `run_dir`: config.json's, else a legacy result.json's (which holds the
+  fields of its day beside its results); None if neither exists."""
   for name in (RECORD, 'result.json'):
     path = os.path.join(run_dir, name)
     if os.path.exists(path):
       with open(path) as f:
         record = json.load(f)
-      return (record['fields'], False) if name == RECORD else (record, True)
-  return None, False
+      return record['fields'] if name == RECORD else record
+  return None
 
 
-def differences(recorded, wanted, legacy):
-  """'field recorded -> wanted' for every field whose values differ. A legacy record holds the fields of its day
-  beside its results: only the wanted fields it has are compared."""
-  paths = [p for p in wanted if p in recorded] if legacy else sorted(set(recorded) | set(wanted))
-  missing = object()
-  return [f'{p} {recorded.get(p, "(absent)")} -> {wanted.get(p, "(absent)")}' for p in paths
-          if recorded.get(p, missing) != wanted.get(p, missing)]
+@functools.cache
+def _defaults():
+  from experiments import experiment  # pylint: disable=import-outside-toplevel
+  from experiments.configs import default  # pylint: disable=import-outside-toplevel
+  return {path: _plain(value) for path, value in experiment.leaves(default.get_config()).items()}
+
+
+def differences(recorded, wanted):
+  """'field recorded -> wanted' for every wanted field whose value differs from the record's. A field the record
+  lacks (added to the code after the run) counts as recorded at its default: a run from before a field existed
+  ran as its default runs."""
+  out = []
+  for path, value in wanted.items():
+    before = recorded[path] if path in recorded else _defaults().get(path, value)
+    if before != value:
+      out.append(f'{path} {before} -> {value}')
+  return out
 
 
 def check(run_dir, x, what='train'):
   """StaleRun if the run recorded in `run_dir` differs from the built Experiment `x`: in run_fields when it is
   to be trained (what='train'), in training_fields when its checkpoint is to be evaluated (what='grid')."""
-  recorded, legacy = recorded_fields(run_dir)
+  recorded = recorded_fields(run_dir)
   if recorded is None:
     return
-  wanted = run_fields(x) if what == 'train' else training_fields(x)
-  if what != 'train':
-    recorded = {p: v for p, v in recorded.items() if not p.startswith('evaluation.')}
-  differing = differences(recorded, wanted, legacy)
+  differing = differences(recorded, run_fields(x) if what == 'train' else training_fields(x))
   if differing:
     action = ('rerun with --overwrite to train it again from scratch, or choose another --workdir' if what == 'train'
               else 'evaluate it with the config it was trained with')

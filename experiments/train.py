@@ -97,6 +97,8 @@ class Trainer:
       logging.warning('attention=anna (Algorithm 1) passes no gradient to queries and keys, so they cannot '
                       'learn; the paper trains unit_softmax and evaluates with anna (evaluation.attention / the grid)')
     model = Transformer(x.model, rngs=nnx.Rngs(x.seed))
+    if x.train.init_from:
+      warm_start(model, x.train.init_from)
     tx = optax.adamw(self.schedule, weight_decay=x.optim.weight_decay)
     if x.optim.grad_clip:
       tx = optax.chain(optax.clip_by_global_norm(x.optim.grad_clip), tx)
@@ -193,6 +195,34 @@ class Trainer:
       result.update(khop_results(per_k))
     result.update({f'eval/{name}': float(np.mean(values)) for name, values in stats.items() if values})
     return result
+
+
+def warm_start(model, run_dir):
+  """Sets model's Params to those of the latest checkpoint in run_dir (a run of the same architecture); a
+  ValueError names the first parameter the checkpoint lacks or holds in another shape."""
+  directory = os.path.abspath(os.path.join(run_dir, 'checkpoints'))
+  manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager else None
+  if step is None:
+    raise ValueError(f'train.init_from: {run_dir} has no checkpoint')
+  saved = manager.restore(step, args=ocp.args.StandardRestore())['0']  # (model, optimizer): the model's state
+  manager.close()
+
+  def fill(template, stored, path):
+    if isinstance(template, dict):
+      if not isinstance(stored, dict):
+        raise ValueError(f'train.init_from: {run_dir} has no parameter {path}')
+      return {key: fill(value, stored.get(str(key)), f'{path}/{key}') for key, value in template.items()}
+    if stored is None or tuple(stored.shape) != tuple(template.shape):
+      found = 'none' if stored is None else tuple(stored.shape)
+      raise ValueError(f'train.init_from: parameter {path} of {run_dir} has shape {found}, the model needs '
+                       f'{tuple(template.shape)}')
+    return jnp.asarray(stored, template.dtype)
+
+  params = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(params, fill(nnx.to_pure_dict(params), saved, ''))
+  nnx.update(model, params)
+  logging.info('initialised from %s (step %d)', run_dir, step)
 
 
 def checkpoint_manager(x, workdir):

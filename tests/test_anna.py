@@ -325,11 +325,11 @@ def test_cpu_kernel_at_wide_heads_equals_the_oracle(dim):
 
 
 @pytest.mark.parametrize('hashes, min_ids, n', [(24, cpu_kernel.KERNEL_MIN_IDS, 60), (7, 0, 60), (40, 0, 60),
-                                                (24, cpu_kernel.KERNEL_MIN_IDS, 1000), (12, 0, 1000)])
+                                                (24, cpu_kernel.KERNEL_MIN_IDS, 400), (12, 0, 400)])
 @pytest.mark.parametrize('causal', [False, True])
 def test_cpu_kernel_hashed_rows_equal_the_oracle(monkeypatch, hashes, min_ids, n, causal):
   # Code spaces past max(n, KERNEL_MIN_IDS) are hashed into 2n-4n rows per table: 2**24 codes; 128 (4096) codes
-  # forced into 128 (2048) hashed rows (probes collide and wrap); 2**40 codes, numbered by lsh's sort past int32.
+  # forced into 128 (1024) hashed rows (probes collide and wrap); 2**40 codes, numbered by lsh's sort past int32.
   monkeypatch.setattr(cpu_kernel, 'KERNEL_MIN_IDS', min_ids)
   config = ANNAConfig(num_tables=3, num_hashes=hashes, loop_plan='cpu')
   q, k, v = qkv(n, seed=hashes)

@@ -77,6 +77,29 @@ def test_resume_from_checkpoint_gives_the_same_numbers(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_can_start_from_another_runs_parameters(tmp_path):
+  surrogate = tiny_config({'attention.kind': 'unit_softmax'})
+  train.train_and_evaluate(surrogate, str(tmp_path / 'surrogate'))
+  _, trained = params_of(str(tmp_path / 'surrogate'), surrogate)
+  # Fine-tuning with anna in every layer: the trained parameters carry over, the optimizer starts fresh.
+  tuned = tiny_config({'attention.kind': 'anna', 'train.init_from': str(tmp_path / 'surrogate')})
+  def initial_params(c):
+    trainer = train.Trainer(experiment.build(c))
+    model, _ = nnx.merge(trainer.graphdef, trainer.initial_state)
+    return [np.asarray(a) for a in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))]
+
+  started, fresh = initial_params(tuned), initial_params(surrogate)
+  assert len(started) == len(fresh)
+  assert any(not np.array_equal(a, b) for a, b in zip(started, fresh))  # not the fresh initialisation
+  trained_params = trained[: len(started)]  # the model's leaves come first in the (model, optimizer) state
+  for a, b in zip(started, trained_params):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='shape'):
+    train.Trainer(experiment.build(tiny_config({'model.width': 32, 'train.init_from': str(tmp_path / 'surrogate')})))
+  with pytest.raises(ValueError, match='no run directory'):
+    experiment.build(tiny_config({'train.init_from': str(tmp_path / 'nowhere')}))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   c = tiny_config()
   train.train_and_evaluate(c, str(tmp_path))

@@ -26,7 +26,8 @@ def config(**overrides):
 def test_forward_and_gradients(attention, positional):
   model = Transformer(config(attention=attention, positional=positional, causal=True), rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, 10)
-  logits, stats = model(tokens, jnp.arange(20)[None, :] < jnp.array([[20], [13]]))
+  # One compiled call each (eager dispatch compiles every op on its own: 25 s for this test before)
+  logits, stats = nnx.jit(lambda m, t, mask: m(t, mask))(model, tokens, jnp.arange(20)[None, :] < jnp.array([[20], [13]]))
   assert logits.shape == (2, 20, 3) and bool(jnp.all(jnp.isfinite(logits)))
   assert ('dropped_fraction' in stats) == (attention.kind == 'anna_softmax')
   assert ('no_collision_fraction' in stats) == (attention.kind == 'anna')
@@ -34,7 +35,7 @@ def test_forward_and_gradients(attention, positional):
   def loss(model):
     return jnp.mean(model(tokens)[0] ** 2)
 
-  grads = nnx.grad(loss)(model)
+  grads = nnx.jit(nnx.grad(loss))(model)
   leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
   assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
 

@@ -45,12 +45,16 @@ def test_fields_that_do_not_change_the_numbers_may_differ(tmp_path):
   records.check(run_dir, evaluated, what='grid')
 
 
-def test_a_legacy_result_is_compared_by_the_fields_it_holds(tmp_path):
+def test_a_legacy_result_is_compared_by_the_fields_it_holds_newer_ones_at_their_default(tmp_path):
   x = experiment.build(tiny_config())
-  (tmp_path / 'result.json').write_text(json.dumps({**x.fields, 'steps': 10, 'status': 'done'}))
+  old_fields = {path: value for path, value in x.fields.items() if path != 'train.init_from'}  # before it existed
+  (tmp_path / 'result.json').write_text(json.dumps({**old_fields, 'steps': 10, 'status': 'done'}))
   records.check(str(tmp_path), x)
   with pytest.raises(records.StaleRun, match='seed 0 -> 3'):
     records.check(str(tmp_path), experiment.build(tiny_config({'seed': 3})))
+  (tmp_path / 'checkpoints').mkdir()  # a run directory to start from
+  with pytest.raises(records.StaleRun, match='train.init_from'):
+    records.check(str(tmp_path), experiment.build(tiny_config({'train.init_from': str(tmp_path)})))
 
 
 def test_stale_runs_stop_the_sweep_untouched_and_overwrite_trains_them_again(tmp_path):

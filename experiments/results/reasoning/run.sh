@@ -1,0 +1,50 @@
+#!/bin/sh
+# Issue 31, first session (2026-12-06, the 2-core AMD EPYC VM, jax 0.10.2 CPU): the induction-heads surrogate
+# recipe (Figure 1b) and the k-hop swap, as the commands ran (each ran pinned to one core with `taskset -c N`,
+# two or three at once, so the steps/s in the logs are not speed measurements). Each command resumes.
+set -e
+PY=${PYTHON:-.venv/bin/python}
+I=experiments/configs/induction_paper.py
+# 1. The paper's recipe with beta = 10 (its own third beta): trained 5,000 steps (the first command was started
+#    with --config.train.steps=400000 and killed after the 5,000-step checkpoint; constant lr, so the same run),
+#    then a reduced grid (3 x 3 tables x z 1..4 x 3 draws) and the swap diagnosis.
+W=${W1:-runs/induction_paper}
+$PY -m experiments.main --mode=train --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
+    --config.train.steps=5000
+$PY -m experiments.grid --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
+    --config.train.steps=5000 --config.grid.tables_per_layer='((32,64,96),(4,16,32))' --config.grid.draws=3
+$PY -m experiments.swap_diagnosis --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
+    --config.train.steps=5000 --cells=32:2,96:4,64:8,128:12 --sequences=16
+# 2. The collision-kernel surrogate (unit_softmax.collision_hashes z = 2, 4), 5,000 steps each, then grids
+#    (z = 2: stopped after 16 of 36 cells, induction_collision_z2_grid_partial.log; z = 4: the reduced grid with
+#    z 2..8, then many tables at z = 4).
+W=${W2:-runs/induction_collision}
+S="--config.sweep.attention.unit_softmax.beta=(1.0,)"
+$PY -m experiments.main --mode=train --config=$I --workdir=$W $S \
+    --config.sweep.attention.unit_softmax.collision_hashes='(2,4)' --config.train.steps=5000
+$PY -m experiments.grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(2,)' \
+    --config.train.steps=5000 --config.grid.tables_per_layer='((32,64,96),(4,16,32))' --config.grid.draws=3
+$PY -m experiments.grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(4,)' \
+    --config.train.steps=5000 --config.grid.tables_per_layer='((32,64,96),(4,16,32))' --config.grid.hashes='(2,4,6,8)' \
+    --config.grid.draws=3
+$PY -m experiments.grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(4,)' \
+    --config.train.steps=5000 --config.grid.tables_per_layer='((256,1024,4096),(256,1024,4096))' \
+    --config.grid.hashes='(4,)' --config.grid.draws=2
+# 3. Fine-tuning with anna (Algorithm 1) in the loop from the beta = 10 surrogate: layer 1 64 tables, layer 2 16,
+#    z = 3, hashes redrawn every step, lr 1e-3, 2,000 steps (q and k get no gradient; v and the rest learn).
+W=${W3:-runs/induction_finetune}
+$PY -m experiments.main --mode=train --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='()' \
+    --config.sweep.attention.kind="('anna',)" --config.train.init_from=${W1:-runs/induction_paper}/runs/khop-unit_softmax-beta=10 \
+    --config.attention.anna.resample_hashes=True --config.attention.anna.num_hashes=3 \
+    --config.attention.per_layer="({'anna.num_tables':64},{'anna.num_tables':16})" --config.optim.learning_rate=0.001 \
+    --config.optim.warmup_steps=100 --config.evaluation.every=500 --config.train.checkpoint_every=500 \
+    --config.train.steps=2000
+# 4. k-hop (the depth-table config) with the collision-kernel surrogate z = 8 at depth 1..5, then anna in every
+#    layer over tables {4, 16, 64} x z {4, 8, 12} x 3 draws on 4,096 fixed test sequences, then the table.
+W=${W4:-runs/khop_collision}
+C=experiments/configs/khop_depth_table.py
+S="--config.sweep.attention.kind=('unit_softmax',) --config.sweep.attention.unit_softmax.collision_hashes=(8,)"
+$PY -m experiments.main --mode=train --config=$C --workdir=$W $S
+$PY -m experiments.grid --config=$C --workdir=$W $S --config.evaluation.test_size=4096 \
+    --config.grid.tables_every_layer='(4,16,64)' --config.grid.hashes='(4,8,12)'
+$PY -m experiments.khop_table --workdir=$W --out=experiments/results/reasoning/khop_collision --fixed_cell=16,8
