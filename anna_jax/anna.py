@@ -47,6 +47,11 @@ class ANNAConfig:
   crosspolytope_dim: int = 0  # d' of each cross-polytope hash; 0 = head_dim
   resample_hashes: bool = False  # False: hash functions fixed per layer; True: redrawn every call
   loop_plan: str = 'auto'  # 'cpu', 'accelerator' or 'auto' (by jax.default_backend()); see anna_jax.plans
+  # A training aid (ours, not the paper's; read by `anna` in a model, not by anna_attention): the forward stays
+  # Algorithm 1, and q and k get the gradient of the collision kernel p^z / sum p^z (p = 1 - angle / pi, z =
+  # num_hashes), the weights Algorithm 1 tends to as its tables grow, so a model can learn its queries and keys
+  # through the attention it runs. v keeps Algorithm 1's exact gradient. Costs an O(n^2) kernel per call.
+  straight_through: bool = False
 
   def __post_init__(self):  # a config that exists is valid
     self.validate()
@@ -54,6 +59,9 @@ class ANNAConfig:
   def validate(self):
     if self.num_tables < 1 or self.num_hashes < 0:
       raise ValueError(f'ANNA needs num_tables >= 1 and num_hashes >= 0, got {self.num_tables}, {self.num_hashes}')
+    if self.straight_through and (self.family != 'hyperplane' or self.num_hashes < 1):
+      raise ValueError('straight_through needs the hyperplane family (its collision kernel) and num_hashes >= 1, '
+                       f'got {self.family!r} and {self.num_hashes}')
     lsh.validate_family(self.family)
     if self.crosspolytope_dim < 0:
       raise ValueError(f'crosspolytope_dim must be >= 0, got {self.crosspolytope_dim}')

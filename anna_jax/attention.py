@@ -22,8 +22,8 @@ from flax import nnx
 
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
-from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig, draw_random_features,
-                                full_attention, full_blockwise_attention, lowrank_attention, unit_norm,
+from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig,
+                                collision_kernel_attention, draw_random_features, full_attention, full_blockwise_attention, lowrank_attention, unit_norm,
                                 unit_softmax_attention)
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 from anna_jax.sequence_parallel import SEQUENCE_AXIS, sequence_parallel_anna, sequence_parallel_anna_softmax
@@ -118,6 +118,15 @@ def sequence_mesh():
   return None
 
 
+def with_kernel_gradient(out, q, k, v, hashes, mask, causal):
+  """`out` (Algorithm 1's output) in the forward; in the backward, q and k also get the gradient of the collision
+  kernel with `hashes` hashes per table (ANNAConfig.straight_through). v is held fixed in the kernel, so its
+  gradient stays Algorithm 1's own."""
+  key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
+  kernel = collision_kernel_attention(q, k, jax.lax.stop_gradient(v), hashes, key_mask, causal).astype(out.dtype)
+  return out + (kernel - jax.lax.stop_gradient(kernel))  # exactly `out` forward
+
+
 class HashingAttention(nnx.Module):
   """`anna` (Algorithm 1) or `anna_softmax`; sequence-parallel (`anna_jax.sequence_parallel`) under a mesh
   that splits sequences. Other kinds under such a mesh are partitioned by XLA as it sees fit."""
@@ -137,6 +146,8 @@ class HashingAttention(nnx.Module):
         out, stats = sequence_parallel_anna(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
         return out, {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}
       out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
+      if self.config.straight_through:
+        out = with_kernel_gradient(out, q, k, v, self.config.num_hashes, mask, causal)
       return out, stats._asdict()
     if mesh := sequence_mesh():
       out, stats = sequence_parallel_anna_softmax(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)

@@ -384,3 +384,34 @@ def test_stats_under_padding_count_real_queries_and_keys_only(plan):
   assert float(stats.mean_collisions) == pytest.approx(float(jnp.sum(per_query) / jnp.sum(real)), rel=1e-6)
   assert float(stats.no_collision_fraction) == pytest.approx(
       float(jnp.sum((per_query == 0) & real) / jnp.sum(real)), rel=1e-6)
+
+
+def test_straight_through_runs_algorithm_1_forward_and_the_collision_kernel_backward_for_q_and_k():
+  from flax import nnx
+
+  from anna_jax.attention import AttentionConfig, make_attention
+  from anna_jax.baselines import collision_kernel_attention, unit_norm
+  q, k, v = qkv(12, batch=1)
+  mask = padding_mask(12, [10])
+  config = ANNAConfig(num_tables=3, num_hashes=2)
+  plain, through = (make_attention(AttentionConfig(kind='anna', anna=dataclasses.replace(config, straight_through=s)),
+                                   2, 8, rngs=nnx.Rngs(0)) for s in (False, True))
+  probe = jax.random.normal(jax.random.key(9), q.shape)
+
+  def loss(module, q, k, v):
+    return jnp.sum(module(q, k, v, mask=mask, causal=True)[0] * probe)
+
+  np.testing.assert_array_equal(plain(q, k, v, mask=mask, causal=True)[0], through(q, k, v, mask=mask, causal=True)[0])
+  dq, dk, dv = jax.grad(lambda *a: loss(through, *a), argnums=(0, 1, 2))(q, k, v)
+  _, _, plain_dv = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(dv, plain_dv, atol=1e-6)  # v: Algorithm 1's own gradient
+
+  def kernel(q, k):
+    out = collision_kernel_attention(unit_norm(q), unit_norm(k), v, 2, mask[:, None, None, :], True)
+    return jnp.sum(out * probe)
+  want_dq, want_dk = jax.grad(kernel, argnums=(0, 1))(q, k)
+  assert float(jnp.max(jnp.abs(want_dq))) > 1e-3
+  np.testing.assert_allclose(dq, want_dq, atol=1e-5)
+  np.testing.assert_allclose(dk, want_dk, atol=1e-5)
+  with pytest.raises(ValueError, match='straight_through'):
+    ANNAConfig(family='crosspolytope', straight_through=True)

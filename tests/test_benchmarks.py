@@ -112,7 +112,8 @@ def test_measure_runs_in_process_from_a_settings_object():
     module = make_attention(kinds.attention_config('anna_softmax', 64, wide), 2, 8, rngs=nnx.Rngs(keys[3]))
     pairs = float(jnp.sum(oracle.collision_counts(q, k, module.hashes.projections[...], 'hyperplane')))
     assert record.analytic_flops == (3 if mode == 'train' else 1) * (2 * 4 * 64 * 8 * 2 * 2 + 4 * 8 * pairs)
-  assert record.dropped_fraction == 0.0 and record.relative_error < 1e-5
+    if mode == 'forward':  # quality is measured on forward points only
+      assert record.dropped_fraction == 0.0 and record.relative_error < 1e-5
   with pytest.raises(ValueError, match='>= 1'):
     kinds.Settings(repeats=0)
 

@@ -100,11 +100,15 @@ def test_a_run_can_start_from_another_runs_parameters(tmp_path):
     experiment.build(tiny_config({'train.init_from': str(tmp_path / 'nowhere')}))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  # A run that diverges after its last good checkpoint: its learning rate turns infinite from step 10 on, and the
+  # run is resumed (same settings, more steps) past that point.
+  schedule = train.make_schedule
+  monkeypatch.setattr(train, 'make_schedule', lambda x: lambda step: jnp.where(step < 10, schedule(x)(step), jnp.inf))
   c = tiny_config()
   train.train_and_evaluate(c, str(tmp_path))
   good_step, good_params = params_of(str(tmp_path), c)
-  blown = tiny_config({'train.steps': 20, 'optim.learning_rate': float('inf')})
+  blown = tiny_config({'train.steps': 20})
   result = train.train_and_evaluate(blown, str(tmp_path))
   assert result['status'] == 'nan'
   step, params = params_of(str(tmp_path), c)
