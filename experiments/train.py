@@ -93,9 +93,10 @@ class Trainer:
     self.mesh = make_mesh(x)
     self.replicated = NamedSharding(self.mesh, P())
     self.schedule = make_schedule(x)
-    if x.model.attention.kind == 'anna':
+    if x.model.attention.kind == 'anna' and not x.model.attention.anna.straight_through:
       logging.warning('attention=anna (Algorithm 1) passes no gradient to queries and keys, so they cannot '
-                      'learn; the paper trains unit_softmax and evaluates with anna (evaluation.attention / the grid)')
+                      'learn; the paper trains unit_softmax and evaluates with anna (evaluation.attention / the grid), '
+                      'or set attention.anna.straight_through')
     model = Transformer(x.model, rngs=nnx.Rngs(x.seed))
     if x.train.init_from:
       warm_start(model, x.train.init_from)

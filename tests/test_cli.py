@@ -1,9 +1,12 @@
-"""Every command line of ours answers bad input with one line on stderr and exit code 2, through a real
-subprocess, and leaves nothing behind (no result files, no checkpoints)."""
+"""Every command line of ours answers bad input with one line on stderr and exit code 2, in a process of its own,
+and leaves nothing behind (no result files, no checkpoints)."""
 
+import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
+import traceback
 
 import pytest
 
@@ -62,16 +65,46 @@ def run(module, args, cwd, env_extra=None):
                         timeout=300)
 
 
+def _run_module_as_main(module, args, stderr_path):
+  """In a forked child: `python -m module args` with stderr to a file; exits with the command's exit code."""
+  os.environ.update(XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  with open(stderr_path, 'w') as f:
+    os.dup2(f.fileno(), 2)
+  os.chdir(ROOT)  # relative config paths resolve from the repository root
+  sys.argv = [module, *args]
+  try:
+    runpy.run_module(module, run_name='__main__', alter_sys=True)
+    code = 0
+  except SystemExit as exit_:
+    code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    code = 1
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+@pytest.fixture(scope='module')
+def forked():
+  """Processes forked from a server that imported jax, flax and orbax once (importing them is most of a bad
+  command's 2 s), each then running a command line as `python -m` would: its own process, exit code and stderr."""
+  context = multiprocessing.get_context('forkserver')
+  context.set_forkserver_preload(['jax', 'flax.nnx', 'optax', 'orbax.checkpoint', 'ml_collections', 'absl.app'])
+  return context
+
+
 @pytest.mark.parametrize('module, args, word', BAD_INPUTS, ids=[f'{m}:{" ".join(a)}' for m, a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, module, args, word):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, forked, module, args, word):
   workdir = tmp_path / 'work'
   flag = OUTPUT_FLAGS.get(module, '--workdir' if module.startswith('experiments') else None)
   extra = [f'{flag}={workdir}'] if flag and not any(a.startswith(flag) for a in args) else []
-  # Relative config paths resolve from the repository root.
-  result = run(module, [*args, *extra], cwd=ROOT)
-  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-  assert result.stderr.strip().count('\n') == 0, result.stderr[-2000:]
-  assert word in result.stderr and 'Traceback' not in result.stderr, result.stderr
+  child = forked.Process(target=_run_module_as_main, args=(module, [*args, *extra], str(tmp_path / 'stderr')))
+  child.start()
+  child.join(300)
+  stderr = (tmp_path / 'stderr').read_text()
+  assert child.exitcode == 2, (child.exitcode, stderr[-2000:])
+  assert stderr.strip().count('\n') == 0, stderr[-2000:]
+  assert word in stderr and 'Traceback' not in stderr, stderr
   assert not workdir.exists() or not any(workdir.rglob('*.json*')), 'a failed start left results behind'
 
 

@@ -215,8 +215,8 @@ def test_tensorboard_serves_runs_scalars_hparams_and_plot(tmp_path):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
-  args = [f'--workdir={tmp_path}', *TINY_KHOP, '--config.train.steps=300', '--config.optim.warmup_steps=10',
-          '--config.train.checkpoint_every=50', '--config.evaluation.every=300', '--config.train.log_every=50',
+  args = [f'--workdir={tmp_path}', *TINY_KHOP, '--config.train.steps=150', '--config.optim.warmup_steps=10',
+          '--config.train.checkpoint_every=50', '--config.evaluation.every=150', '--config.train.log_every=50',
           '--config.sweep.model.depth=(1,2)', "--config.sweep.attention.kind=('full',)"]
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
   process = subprocess.Popen([sys.executable, '-m', 'experiments.main', KHOP, *args], cwd=ROOT, env=env,
@@ -237,7 +237,7 @@ def test_killed_sweep_resumes_and_loses_nothing(tmp_path):
   assert first_result.read_text() == saved
   lines = [json.loads(line) for line in (tmp_path / 'results.jsonl').read_text().splitlines()]
   assert [r['name'] for r in lines] == ['khop-full-depth=1', 'khop-full-depth=2']
-  assert all(r['status'] == 'done' and r['steps'] == 300 for r in lines)
+  assert all(r['status'] == 'done' and r['steps'] == 150 for r in lines)
   # Another seed in the same workdir: one line, exit code 2, nothing trained or rewritten.
   stale = run_main(*args, '--config.seed=1')
   assert stale.returncode == 2 and len(stale.stderr.strip().splitlines()) == 1, stale.stderr[-2000:]

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -24,9 +25,22 @@ def tiny_match2(overrides=None):
   return c
 
 
-def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch):
+@pytest.fixture(scope='module')
+def trained_match2(tmp_path_factory):
+  """A workdir holding tiny_match2's two trained runs, trained once per test process (copy it, then use it)."""
+  workdir = tmp_path_factory.mktemp('trained_match2')
+  sweep.run_sweep(tiny_match2(), str(workdir))
+  return workdir
+
+
+def copy_of(trained, tmp_path):
+  shutil.copytree(trained, tmp_path, dirs_exist_ok=True)
+  return tmp_path
+
+
+def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch, trained_match2):
   c = tiny_match2()
-  sweep.run_sweep(c, str(tmp_path))
+  copy_of(trained_match2, tmp_path)
   calls = []
   real_cell = grid.RunEvaluator.cell
   monkeypatch.setattr(grid.RunEvaluator, 'cell', lambda self, *a: calls.append(a) or real_cell(self, *a))
@@ -85,10 +99,10 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   assert '| tables (every layer) | z=1 | z=2 |' in grid.grid_markdown(uniform)
 
 
-def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path):
+def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path, trained_match2):
   c = tiny_match2()
   c.sweep.attention.unit_softmax.beta = (0.1,)
-  sweep.run_sweep(c, str(tmp_path))
+  copy_of(trained_match2, tmp_path)
   first = grid.run_grid(c, str(tmp_path))
   longer = tiny_match2({'train.steps': 18})
   longer.sweep.attention.unit_softmax.beta = (0.1,)
@@ -110,10 +124,10 @@ def test_quick_config_is_the_paper_setup_scaled_down():
   assert c.train.steps < paper.train.steps and c.grid.tables_per_layer == ((1, 2, 4, 8, 16),) and c.grid.hashes == (1, 2, 3)
 
 
-def test_a_cell_is_evaluated_again_when_anything_behind_its_numbers_changes(tmp_path, monkeypatch):
+def test_a_cell_is_evaluated_again_when_anything_behind_its_numbers_changes(tmp_path, monkeypatch, trained_match2):
   c = tiny_match2({'grid.tables_per_layer': ((2,),), 'grid.hashes': (1,)})
   c.sweep.attention.unit_softmax.beta = (0.1,)
-  sweep.run_sweep(c, str(tmp_path))
+  copy_of(trained_match2, tmp_path)
   first = grid.run_grid(c, str(tmp_path))
   calls = []
   real_cell = grid.RunEvaluator.cell

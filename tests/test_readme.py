@@ -1,0 +1,23 @@
+"""The README's Python snippets run as written, in order, in one namespace (a user pastes them one after another)."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_python_snippets_run_as_written(capsys):
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    snippets = re.findall(r'```python\n(.*?)```', f.read(), re.DOTALL)
+  assert len(snippets) >= 2 and any('import anna_jax' in s for s in snippets)
+  namespace = {}
+  for snippet in snippets:
+    exec(compile(snippet, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert '(2, 128, 4, 16)' in capsys.readouterr().out
+  assert namespace['logits'].shape == (2, 128, 10)
+
+
+def test_every_public_name_is_exported():
+  import anna_jax
+  assert all(hasattr(anna_jax, name) for name in anna_jax.__all__)
+  assert {'reformer_attention', 'full_blockwise_attention', 'make_attention'} <= set(anna_jax.__all__)
