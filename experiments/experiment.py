@@ -35,7 +35,9 @@ from anna_jax.tasks import TASKS
 ATTENTION_SECTIONS = {'full': FullConfig, 'full_blockwise': BlockwiseConfig, 'unit_softmax': UnitSoftmaxConfig,
                       'anna': ANNAConfig, 'anna_softmax': ANNASoftmaxConfig, 'lowrank': LowRankConfig,
                       'reformer': ReformerConfig}
-MODEL_FIELDS = ('depth', 'width', 'num_heads', 'mlp_ratio', 'positional', 'causal')  # the rest comes from the task
+# The model section holds every TransformerConfig field but these, which come from the task and the attention section.
+FROM_TASK_AND_ATTENTION = ('vocab_size', 'num_classes', 'max_len', 'attention', 'layer_attention')
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(TransformerConfig) if f.name not in FROM_TASK_AND_ATTENTION)
 
 
 def check_at_least(section, config, minimum, names):
@@ -243,6 +245,9 @@ def layer_attention(c, kind=None):
 
 def model_config(c, task, kind=None, layers=None):
   """TransformerConfig of the run; `kind` swaps that attention kind into every layer."""
+  unknown = sorted(set(c.model) - set(MODEL_FIELDS))
+  if unknown:  # a key added in a config file that no module reads
+    raise ValueError(f'unknown model field {unknown[0]!r}; the model section holds {", ".join(MODEL_FIELDS)}')
   attention = attention_config(c.attention, kind=kind or c.attention.kind)
   return TransformerConfig(vocab_size=task.vocab_size, num_classes=task.num_classes, max_len=task.length,
                            attention=attention, layer_attention=layer_attention(c, kind) if layers is None else layers,

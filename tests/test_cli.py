@@ -43,6 +43,8 @@ BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
     ('experiments.swap_diagnosis', [KHOP], 'test_size'),
     ('experiments.match2_construction', ['--log2_n=ten'], 'integers'),
     ('experiments.match2_construction', ['--width=7'], 'even'),
+    ('experiments.khop_construction', ['--ks=one'], 'integers'),
+    ('experiments.khop_construction', ['--base=1'], 'base'),
     ('benchmarks.scaling', ['--kinds=sparse'], 'unknown kinds'),
     ('benchmarks.scaling', ['--lengths=1k'], 'lengths'),
     ('benchmarks.scaling', ['--lengths=0'], '>= 1'),
@@ -56,7 +58,8 @@ BAD_INPUTS = [  # (module, arguments, a word the one-line error must contain)
 ]
 
 
-OUTPUT_FLAGS = {'benchmarks.scaling': '--outdir', 'experiments.match2_construction': '--out'}
+OUTPUT_FLAGS = {'benchmarks.scaling': '--outdir', 'experiments.match2_construction': '--out',
+                'experiments.khop_construction': '--out'}
 
 
 def run(module, args, cwd, env_extra=None):

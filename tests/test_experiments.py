@@ -324,3 +324,11 @@ def test_khop_table_puts_trained_runs_and_grid_cells_in_one_table(tmp_path):
   assert '| depth | full | unit_softmax | anna best cell <- unit_softmax | anna l=16 z=4 <- unit_softmax |' in text
   assert '| 1 | 0 |  |  |  |  |' in text and '| 2 | 1 | 1 | 1 (l=4, z=2) | -1 | 1 |' in text
   assert khop_table.heat_maps(panels)[:4] == b'\x89PNG'
+
+
+def test_a_model_field_no_module_reads_is_an_error():
+  c = tiny_config()
+  c.model.dropout = 0.5  # added in a config file: TransformerConfig has no such field
+  with pytest.raises(ValueError, match="unknown model field 'dropout'"):
+    experiment.build(c)
+  assert set(experiment.MODEL_FIELDS) == set(tiny_config().model)  # the default section holds every model field

@@ -1,0 +1,235 @@
+"""Theorems 5.4 / 5.6 executed: the constructed k-hop model (`anna_jax.khop_construction`, weights set, not trained)
+from N = 2^10 upwards, with `anna` over tables x hashes x draws and, where it fits, the same weights with exact
+softmax attention.
+
+  python -m experiments.khop_construction --out=experiments/results/khop_construction
+
+Per (alphabet, N): one sequence of N uniform symbols (batch 1, seeded), hop counts --ks; for every (l, z) the
+error against the labeler (`anna_jax.tasks.khop_targets`) per k, averaged over the hash draws, with the
+no-collision fraction and collisions per query of the first layer, and the median forward time over the draws
+(all layers, jitted with k as an argument, compiled ahead of the timed calls); exact softmax with the same
+weights (flash-style, O(N^2) time; one timed call) up to --softmax_up_to. Times are of this machine, measured one
+after another in one run: quote their ratios. Rows go to results.jsonl as they are measured (a rerun skips the
+rows it has); construction.md and construction.png are rebuilt from all of them.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from anna_jax import khop_construction
+from anna_jax.anna import ANNAConfig
+from anna_jax.tasks import khop_targets
+from experiments import grid, plots
+from experiments.cli import fail, flags_parser, quiet_console, writable_dir
+from experiments.files import write_atomic
+
+
+def define_flags():
+  """This program's flags (defined when it runs, so importing the module for its functions defines none)."""
+  return {
+      'out': flags.DEFINE_string('out', 'runs/khop_construction', 'Where results.jsonl, construction.md and .png go.'),
+      'log2_n': flags.DEFINE_list('log2_n', [str(e) for e in range(10, 21, 2)], 'Sequence lengths N = 2^e.'),
+      'ks': flags.DEFINE_list('ks', ['0', '1', '2', '4', '8', '16'], 'Hop counts k evaluated (max_k = the largest).'),
+      'alphabets': flags.DEFINE_list('alphabets', ['4', '64'], 'Alphabet sizes.'),
+      'base': flags.DEFINE_integer('base', 2, 'B: prefix-maximum layers take B - 1 lookup heads each.'),
+      'tables': flags.DEFINE_list('tables', ['1', '2'], 'Hash tables l.'),
+      'hashes': flags.DEFINE_list('hashes_offset', ['-2', '0', '2', '4', '6', '8'],
+                                  'Hashes per table z = log2 N + offset (z >= 1).'),
+      'draws': flags.DEFINE_integer('draws', 2, 'Hash draws per cell.'),
+      'width': flags.DEFINE_integer('width', 128, 'Position-code width (even): 2 x the number of frequencies.'),
+      'seed': flags.DEFINE_integer('seed', 0, 'Seed of the codes, the sequence and the hash draws.'),
+      'softmax_up_to': flags.DEFINE_integer('softmax_up_to', 2**14,
+                                            'Exact softmax attention up to this N (O(N^2) time).'),
+      'tolerance': flags.DEFINE_float('tolerance', 0.01, 'The error every k must reach for a cell to solve.'),
+  }
+
+
+def timed(compiled, *args):
+  """(result, seconds) of one call of a compiled function."""
+  t0 = time.perf_counter()
+  result = jax.block_until_ready(compiled(*args))
+  return result, time.perf_counter() - t0
+
+
+def row_key(row):
+  return json.dumps([row['kind'], row['n'], row['alphabet'], row['base'], row.get('tables'), row.get('hashes'),
+                     row['draws'], row['seed'], row['width'], row['ks']])
+
+
+def evaluate_n(n, alphabet, ks, base, tables, hashes, draws, seed, width, softmax_up_to, done=()):
+  """Rows for one (N, alphabet) (skipping keys in `done`), yielded as they are measured."""
+  construction = khop_construction.build(n, alphabet, max(ks), base, width, seed)
+  x = jnp.asarray(np.random.default_rng(seed).integers(0, alphabet, n))
+  targets = {k: khop_targets(x, k, alphabet, max(ks)) for k in ks}
+  heads = construction.layer_heads()
+  common = {'n': n, 'alphabet': alphabet, 'base': base, 'ks': ks, 'draws': draws, 'seed': seed, 'width': width,
+            'layers': len(heads), 'heads': sum(heads), 'max_false_cosine': construction.max_false_cosine}
+
+  def errors_by_k(predict):
+    return {str(k): float(jnp.mean(predict(k) != targets[k])) for k in ks}
+
+  if n <= softmax_up_to and row_key({'kind': 'softmax', **common}) not in done:
+    attend = khop_construction.softmax_attend(construction)
+    softmax = jax.jit(lambda x, k: khop_construction.forward(construction, x, k, attend)[0])
+    softmax = softmax.lower(x, 0).compile()
+    _, seconds = timed(softmax, x, max(ks))
+    by_k = errors_by_k(lambda k: softmax(x, k))
+    yield {'kind': 'softmax', **common, 'errors_by_k': by_k, 'mean': float(np.mean(list(by_k.values()))),
+           'seconds': seconds, 'beta': construction.softmax_beta}
+  for l in tables:
+    for z in hashes:
+      row = {'kind': 'anna', **common, 'tables': l, 'hashes': z}
+      if row_key(row) in done:
+        continue
+      config = ANNAConfig(num_tables=l, num_hashes=z)
+
+      def predict(x, k, projections):
+        predictions, stats = khop_construction.forward(construction, x, k,
+                                                       khop_construction.anna_attend(projections, config))
+        return predictions, stats[0]  # the first layer's (no-collision fraction, collisions per query)
+
+      forward = jax.jit(predict)
+      per_draw, lonely, collisions, seconds = [], [], [], []
+      for d in range(draws):
+        projections = khop_construction.draw(construction, jax.random.key(seed * 1_000_003 + d), config)
+        if d == 0:  # one compile per cell, outside the timing
+          forward = forward.lower(x, 0, projections).compile()
+        (_, stats), s = timed(forward, x, max(ks), projections)
+        per_draw.append(errors_by_k(lambda k: forward(x, k, projections)[0]))
+        lonely.append(float(stats[0]))
+        collisions.append(float(stats[1]))
+        seconds.append(s)
+      by_k = {str(k): float(np.mean([e[str(k)] for e in per_draw])) for k in ks}
+      yield {**row, 'errors_by_k': by_k, 'mean': float(np.mean(list(by_k.values()))),
+             'worst_k_error': max(by_k.values()), 'no_collision_fraction': float(np.mean(lonely)),
+             'mean_collisions': float(np.mean(collisions)), 'seconds': float(np.median(seconds))}
+
+
+def cost(row):
+  return row['tables'] * (row['hashes'] + 1)
+
+
+def summary(rows, tolerance):
+  """Per (alphabet, N): exact softmax; the cheapest anna cell whose error is <= tolerance at every k; the best."""
+  table = []
+  for alphabet, n in sorted({(r['alphabet'], r['n']) for r in rows}):
+    mine = [r for r in rows if (r['alphabet'], r['n']) == (alphabet, n)]
+    anna = [r for r in mine if r['kind'] == 'anna']
+    softmax = next((r for r in mine if r['kind'] == 'softmax'), None)
+    solving = [r for r in anna if r['worst_k_error'] <= tolerance]
+    one_table = [r for r in solving if r['tables'] == 1]
+    table.append({'n': n, 'alphabet': alphabet, 'layers': mine[0]['layers'], 'heads': mine[0]['heads'],
+                  'softmax': softmax, 'cheapest': min(solving, key=lambda r: (cost(r), r['mean']), default=None),
+                  'best': min(anna, key=lambda r: (r['worst_k_error'], cost(r)), default=None),
+                  'z_needed_l1': min((r['hashes'] for r in one_table), default=None)})
+  return table
+
+
+def markdown(table, tolerance):
+  lines = ['# The constructed k-hop model (Theorems 5.4 / 5.6), weights set', '',
+           f'A cell solves when its mean error over the draws is <= {tolerance} at every k; the cheapest is the least '
+           'l (z + 1). Times: median jitted forward (every layer) on this machine, batch 1, one run.', '',
+           '| alphabet | N | layers | heads | exact softmax: worst-k error, time | cheapest anna cell (l, z): time | '
+           'speed-up | best anna cell (l, z): worst-k error | z needed at l = 1 |', '|---|---|---|---|---|---|---|---|---|']
+  for t in table:
+    s, c, b = t['softmax'], t['cheapest'], t['best']
+    soft = f"{max(s['errors_by_k'].values()):.4f}, {s['seconds']:.3g} s" if s else 'not run (O(N^2))'
+    cheap = f"({c['tables']}, {c['hashes']}): {c['seconds']:.3g} s" if c else 'none in the grid'
+    speed = f"{s['seconds'] / c['seconds']:.1f}x" if s and c else ''
+    best = f"({b['tables']}, {b['hashes']}): {b['worst_k_error']:.4f}" if b else ''
+    z = t['z_needed_l1'] if t['z_needed_l1'] is not None else '-'
+    lines.append(f"| {t['alphabet']} | 2^{int(np.log2(t['n']))} | {t['layers']} | {t['heads']} | {soft} | {cheap} | "
+                 f"{speed} | {best} | {z} |")
+  for alphabet in sorted({t['alphabet'] for t in table}):
+    needed = [(t['n'], t['z_needed_l1']) for t in table if t['alphabet'] == alphabet and t['z_needed_l1'] is not None]
+    slope = plots.fitted_slope(np.log2([n for n, _ in needed]), [z for _, z in needed]) if needed else None
+    if slope is not None:
+      lines.append(f'\nAlphabet {alphabet}: z needed at l = 1 grows as {slope:.2f} log2 N (fitted over '
+                   f'{len(needed)} N). {plots.THEOREM_34}.')
+  return '\n'.join(lines) + '\n'
+
+
+def figure(rows, table):
+  import matplotlib.pyplot as plt
+
+  alphabets = sorted({r['alphabet'] for r in rows})
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+  ax = axes[0]
+  for alphabet in alphabets:
+    anna = [r for r in rows if r['kind'] == 'anna' and r['tables'] == 1 and r['alphabet'] == alphabet]
+    for offset in sorted({r['hashes'] - int(np.log2(r['n'])) for r in anna}):
+      points = sorted((r['n'], r['worst_k_error']) for r in anna if r['hashes'] - int(np.log2(r['n'])) == offset)
+      ax.plot(*zip(*points), 'o-', label=f'A={alphabet}, z = log2 N {offset:+d}')
+  ax.set(xscale='log', xlabel='N', ylabel='worst error over k', title='anna, l = 1')
+  ax.legend(fontsize=6)
+  ax = axes[1]
+  for alphabet in alphabets:
+    needed = [(t['n'], t['z_needed_l1']) for t in table if t['alphabet'] == alphabet and t['z_needed_l1'] is not None]
+    if needed:
+      ax.plot(np.log2([n for n, _ in needed]), [z for _, z in needed], 'o-', label=f'A={alphabet}')
+  ax.set(xlabel='log2 N', ylabel='z', title='hashes needed (l = 1)')
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
+  ax = axes[2]
+  for alphabet in alphabets:
+    soft = sorted((r['n'], r['seconds']) for r in rows if r['kind'] == 'softmax' and r['alphabet'] == alphabet)
+    cheap = sorted((t['n'], t['cheapest']['seconds']) for t in table if t['cheapest'] and t['alphabet'] == alphabet)
+    if soft:
+      ax.plot(*zip(*soft), 'o-', label=f'exact softmax, A={alphabet}')
+    if cheap:
+      ax.plot(*zip(*cheap), 's-', label=f'anna, cheapest solving cell, A={alphabet}')
+  ax.set(xscale='log', yscale='log', xlabel='N', ylabel='seconds (this CPU)', title='forward time, batch 1')
+  ax.legend(fontsize=7)
+  return plots.png(fig)[0]
+
+
+def write_reports(out, rows, tolerance):
+  table = summary(rows, tolerance)
+  write_atomic(os.path.join(out, 'construction.md'), markdown(table, tolerance))
+  write_atomic(os.path.join(out, 'construction.png'), figure(rows, table))
+  return table
+
+
+def main(argv):
+  del argv
+  quiet_console()
+  try:
+    exponents, ks, alphabets, tables, offsets = ([int(v) for v in FLAGS[name].value]
+                                                 for name in ('log2_n', 'ks', 'alphabets', 'tables', 'hashes'))
+  except ValueError as e:
+    fail(f'--log2_n, --ks, --alphabets, --tables and --hashes_offset take integers: {e}', 'khop_construction')
+  draws, width, base = FLAGS['draws'].value, FLAGS['width'].value, FLAGS['base'].value
+  if not exponents or min(exponents) < 2 or max(exponents) > 22 or min(tables, default=0) < 1 or draws < 1:
+    fail('need 2 <= log2_n <= 22, tables >= 1 and draws >= 1', 'khop_construction')
+  if not ks or min(ks) < 0 or min(alphabets, default=0) < 2 or base < 2:
+    fail('need --ks >= 0, --alphabets >= 2 and --base >= 2', 'khop_construction')
+  if width < 2 or width % 2:
+    fail(f'--width must be even and >= 2, got {width}', 'khop_construction')
+  out = FLAGS['out'].value
+  writable_dir(out, 'khop_construction')
+  path = os.path.join(out, 'results.jsonl')
+  rows = grid.read_rows(path)
+  done = {row_key(r) for r in rows}
+  for alphabet in alphabets:
+    for e in exponents:
+      hashes = sorted({max(1, e + o) for o in offsets})
+      for row in evaluate_n(2**e, alphabet, ks, base, tables, hashes, draws, FLAGS['seed'].value, width,
+                            FLAGS['softmax_up_to'].value, done):
+        rows.append(row)
+        write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+        what = f"l={row['tables']} z={row['hashes']}" if row['kind'] == 'anna' else 'exact softmax'
+        print(f"A={alphabet} N=2^{e}: {what} error by k {row['errors_by_k']}, {row['seconds']:.3g} s", flush=True)
+  print(markdown(write_reports(out, rows, FLAGS['tolerance'].value), FLAGS['tolerance'].value))
+
+
+FLAGS = {}  # set by define_flags() when run as a program
+
+if __name__ == '__main__':
+  FLAGS.update(define_flags())
+  app.run(main, flags_parser=flags_parser('khop_construction'))
