@@ -7,7 +7,7 @@ softmax attention.
 Per (alphabet, N): one sequence of N uniform symbols (batch 1, seeded), hop counts --ks; for every (l, z) the
 error against the labeler (`anna_jax.tasks.khop_targets`) per k, averaged over the hash draws, with the
 no-collision fraction and collisions per query of the first layer, and the median forward time over the draws
-(all layers, jitted with k as an argument, compiled ahead of the timed calls); exact softmax with the same
+(all layers, every k of --ks in one call, jitted, compiled ahead of the timed calls); exact softmax with the same
 weights (flash-style, O(N^2) time; one timed call) up to --softmax_up_to. Times are of this machine, measured one
 after another in one run: quote their ratios. Rows go to results.jsonl as they are measured (a rerun skips the
 rows it has); construction.md and construction.png are rebuilt from all of them.
@@ -62,6 +62,12 @@ def row_key(row):
                      row['draws'], row['seed'], row['width'], row['ks']])
 
 
+def every_k(one_k, ks):
+  """one_k(k) -> (predictions, stats) for every k at once: the layers before the hops do not depend on k, so
+  vmap computes them once and batches only the pointer lookups."""
+  return jax.vmap(one_k, out_axes=(0, None))(ks)
+
+
 def evaluate_n(n, alphabet, ks, base, tables, hashes, draws, seed, width, softmax_up_to, done=()):
   """Rows for one (N, alphabet) (skipping keys in `done`), yielded as they are measured."""
   construction = khop_construction.build(n, alphabet, max(ks), base, width, seed)
@@ -71,15 +77,17 @@ def evaluate_n(n, alphabet, ks, base, tables, hashes, draws, seed, width, softma
   common = {'n': n, 'alphabet': alphabet, 'base': base, 'ks': ks, 'draws': draws, 'seed': seed, 'width': width,
             'layers': len(heads), 'heads': sum(heads), 'max_false_cosine': construction.max_false_cosine}
 
-  def errors_by_k(predict):
-    return {str(k): float(jnp.mean(predict(k) != targets[k])) for k in ks}
+  hops = jnp.asarray(ks)
+
+  def errors_by_k(predictions):  # (len(ks), n)
+    return {str(k): float(jnp.mean(p != targets[k])) for k, p in zip(ks, predictions)}
 
   if n <= softmax_up_to and row_key({'kind': 'softmax', **common}) not in done:
     attend = khop_construction.softmax_attend(construction)
-    softmax = jax.jit(lambda x, k: khop_construction.forward(construction, x, k, attend)[0])
-    softmax = softmax.lower(x, 0).compile()
-    _, seconds = timed(softmax, x, max(ks))
-    by_k = errors_by_k(lambda k: softmax(x, k))
+    softmax = jax.jit(lambda x, ks: every_k(lambda k: (khop_construction.forward(construction, x, k, attend)[0], 0),
+                                            ks)[0]).lower(x, hops).compile()
+    predictions, seconds = timed(softmax, x, hops)
+    by_k = errors_by_k(predictions)
     yield {'kind': 'softmax', **common, 'errors_by_k': by_k, 'mean': float(np.mean(list(by_k.values()))),
            'seconds': seconds, 'beta': construction.softmax_beta}
   for l in tables:
@@ -89,19 +97,22 @@ def evaluate_n(n, alphabet, ks, base, tables, hashes, draws, seed, width, softma
         continue
       config = ANNAConfig(num_tables=l, num_hashes=z)
 
-      def predict(x, k, projections):
-        predictions, stats = khop_construction.forward(construction, x, k,
-                                                       khop_construction.anna_attend(projections, config))
-        return predictions, stats[0]  # the first layer's (no-collision fraction, collisions per query)
+      def predict(x, ks, projections):
+        attend = khop_construction.anna_attend(projections, config)
+
+        def one_k(k):
+          predictions, stats = khop_construction.forward(construction, x, k, attend)
+          return predictions, stats[0]  # the first layer's (no-collision fraction, collisions per query)
+        return every_k(one_k, ks)
 
       forward = jax.jit(predict)
       per_draw, lonely, collisions, seconds = [], [], [], []
       for d in range(draws):
         projections = khop_construction.draw(construction, jax.random.key(seed * 1_000_003 + d), config)
         if d == 0:  # one compile per cell, outside the timing
-          forward = forward.lower(x, 0, projections).compile()
-        (_, stats), s = timed(forward, x, max(ks), projections)
-        per_draw.append(errors_by_k(lambda k: forward(x, k, projections)[0]))
+          forward = forward.lower(x, hops, projections).compile()
+        (predictions, stats), s = timed(forward, x, hops, projections)
+        per_draw.append(errors_by_k(predictions))
         lonely.append(float(stats[0]))
         collisions.append(float(stats[1]))
         seconds.append(s)
