@@ -21,6 +21,7 @@ bucket and vanish):
 """
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -70,15 +71,21 @@ def guarded(name, hashes=None, shared_qk=False, any_value_width=False):
   also a key (Reformer), so a query poisons as a key does. any_value_width: as in check_inputs.
   """
   def decorate(fn):
+    # The hash functions and the config are fn's 4th and 5th parameters, passed by position or by name.
+    signature = inspect.signature(fn)
+    names = list(signature.parameters)
+
     @functools.wraps(fn)
     def wrapped(q, k, v, *rest, mask=None, causal=False, **kwargs):
-      projections = rest[0] if hashes else None
-      family = rest[1].family if hashes == 'config' else hashes
+      arguments = signature.bind(q, k, v, *rest, mask=mask, causal=causal, **kwargs).arguments
+      projections = arguments[names[3]] if hashes else None
+      family = arguments[names[4]].family if hashes == 'config' else hashes
       check_inputs(name, q, k, v, mask, projections, family or 'hyperplane', any_value_width)
-      clean = [finite_or_zero(x) for x in (q, k, v)]
+      for argument in names[:3]:
+        arguments[argument] = finite_or_zero(arguments[argument])
       if hashes:
-        rest = (finite_or_zero(projections), *rest[1:])
-      result = fn(*clean, *rest, mask=mask, causal=causal, **kwargs)
+        arguments[names[3]] = finite_or_zero(projections)
+      result = fn(**arguments)
       out, stats = result if isinstance(result, tuple) else (result, None)
       out = propagate_nonfinite(out, q, q if shared_qk else k, v, mask=mask, causal=causal, projections=projections)
       return out if stats is None else (out, stats)

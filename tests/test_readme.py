@@ -14,7 +14,7 @@ def test_readme_python_snippets_run_as_written(capsys):
   for snippet in snippets:
     exec(compile(snippet, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert '(2, 128, 4, 16)' in capsys.readouterr().out
-  assert namespace['logits'].shape == (2, 128, 10)
+  assert namespace['logits'].shape == (2, 64, 10)
 
 
 def test_every_public_name_is_exported():
