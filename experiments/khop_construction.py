@@ -135,10 +135,12 @@ def summary(rows, tolerance):
     softmax = next((r for r in mine if r['kind'] == 'softmax'), None)
     solving = [r for r in anna if r['worst_k_error'] <= tolerance]
     one_table = [r for r in solving if r['tables'] == 1]
+    # The least solving z at l = 1 is "z needed" only where a range of z was tried (3 or more), not a lone cell.
+    scanned = len({r['hashes'] for r in anna if r['tables'] == 1}) >= 3
     table.append({'n': n, 'alphabet': alphabet, 'layers': mine[0]['layers'], 'heads': mine[0]['heads'],
                   'softmax': softmax, 'cheapest': min(solving, key=lambda r: (cost(r), r['mean']), default=None),
                   'best': min(anna, key=lambda r: (r['worst_k_error'], cost(r)), default=None),
-                  'z_needed_l1': min((r['hashes'] for r in one_table), default=None)})
+                  'z_needed_l1': min((r['hashes'] for r in one_table), default=None) if scanned else None})
   return table
 
 

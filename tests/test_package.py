@@ -2,6 +2,7 @@
 the installed files and serve `anna` and `anna_softmax`; a kernel source missing there is an error."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -46,8 +47,12 @@ except cpu_kernel.KernelBuildError as e:
 @pytest.mark.slow
 def test_the_wheel_installed_elsewhere_compiles_and_serves_the_kernels(tmp_path):
   wheels = tmp_path / 'wheels'
+  # Built from a copy: an in-tree build would leave build/ in the checkout, whose stale files later wheels take.
+  source = tmp_path / 'source'
+  shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns('.venv', '.git', 'build', 'runs', '*.egg-info',
+                                                               '__pycache__', 'results'))
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--quiet', '--no-deps', '--no-build-isolation',
-                  '--disable-pip-version-check', '-w', str(wheels), ROOT], check=True, capture_output=True)
+                  '--disable-pip-version-check', '-w', str(wheels), str(source)], check=True, capture_output=True)
   (wheel,) = wheels.glob('anna_jax-*.whl')
   names = zipfile.ZipFile(wheel).namelist()
   for name in ('anna_cpu.cc', 'anna_softmax_cpu.cc', 'kernel_common.h'):
