@@ -191,9 +191,10 @@ def grid_markdown(rows):
   for run in dict.fromkeys(r['run'] for r in rows):
     mine = [r for r in rows if r['run'] == run]
     first = mine[0]
-    lines += [f'## {run}', '', f'Surrogate ({first["attention"]}, beta={first["beta"]:g}) error on the same test '
-              f'set: {first["surrogate_error"]:.4f}. Cells: mean +- std over {first["draws"]} hash draws, '
-              f'checkpoint step {first["step"]}.', '']
+    trained = (f'Surrogate ({first["attention"]}, beta={first["beta"]:g})' if first['attention'] == 'unit_softmax'
+               else f'The trained model ({first["attention"]}, as trained)')
+    lines += [f'## {run}', '', f'{trained} error on the same test set: {first["surrogate_error"]:.4f}. Cells: '
+              f'mean +- std over {first["draws"]} hash draws, checkpoint step {first["step"]}.', '']
     if plots.same_tables_every_layer(mine):
       hashes = sorted({r['hashes'] for r in mine})
       label = 'tables (every layer)' if len(first['tables']) > 1 else 'tables'

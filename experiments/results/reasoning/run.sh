@@ -48,3 +48,39 @@ $PY -m experiments.main --mode=train --config=$C --workdir=$W $S
 $PY -m experiments.grid --config=$C --workdir=$W $S --config.evaluation.test_size=4096 \
     --config.grid.tables_every_layer='(4,16,64)' --config.grid.hashes='(4,8,12)'
 $PY -m experiments.khop_table --workdir=$W --out=experiments/results/reasoning/khop_collision --fixed_cell=16,8
+
+# ---- Second session (2026-12-06, same VM): training THROUGH Algorithm 1 (attention.anna.straight_through: anna's
+# forward, the collision kernel's gradient for q and k), a sharper collision-kernel surrogate, each pinned to one
+# core while the other core ran the k-hop construction (steps/s in the logs are not speed measurements).
+ST="--config.sweep.attention.unit_softmax.beta=() --config.sweep.attention.kind=('anna',) --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True"
+# 5. Match2 (the make-run config, 3,000 steps) trained through anna l = 8, z = 2; the same with q and k frozen
+#    (straight_through=False: anna passes them no gradient); then the quick grid on the first.
+Q=experiments/configs/quick_figure1a.py
+for through in True False; do
+  $PY -m experiments.main --mode=train --config=$Q --workdir=runs/match2_st_$through \
+      "--config.sweep.attention.unit_softmax.beta=()" "--config.sweep.attention.kind=('anna',)" \
+      --config.attention.anna.straight_through=$through --config.attention.anna.resample_hashes=True \
+      --config.attention.anna.num_tables=8 --config.attention.anna.num_hashes=2
+done
+$PY -m experiments.grid --config=$Q --workdir=runs/match2_st_True "--config.sweep.attention.unit_softmax.beta=()" \
+    "--config.sweep.attention.kind=('anna',)" --config.attention.anna.straight_through=True \
+    --config.attention.anna.resample_hashes=True --config.attention.anna.num_tables=8 --config.attention.anna.num_hashes=2
+# 6. Induction heads trained through anna at the paper's cell (32, 4), z = 2, and at (64, 16), z = 4, 5,000 steps
+#    from scratch; the reduced grid on the first.
+for cell in "2 32 4" "4 64 16"; do set -- $cell
+  $PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_st_z$1 $ST --config.attention.anna.num_hashes=$1 \
+      "--config.attention.per_layer=({'anna.num_tables':$2},{'anna.num_tables':$3})" --config.train.steps=5000 \
+      --config.evaluation.every=1000
+done
+$PY -m experiments.grid --config=$I --workdir=runs/induction_st_z2 $ST --config.attention.anna.num_hashes=2 \
+    "--config.attention.per_layer=({'anna.num_tables':32},{'anna.num_tables':4})" --config.train.steps=5000 \
+    --config.evaluation.every=1000 "--config.grid.tables_per_layer=((32,64,96),(4,16,32))" --config.grid.draws=3
+# 7. k-hop (the depth-table config, depth 1..5) trained through anna, 16 tables x 8 hashes in every layer.
+$PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_st "--config.sweep.attention.kind=('anna',)" \
+    --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+    --config.attention.anna.num_tables=16 --config.attention.anna.num_hashes=8
+# 8. Induction heads, the collision-kernel surrogate at z = 16 (near-exact matches), then anna at z 8..20.
+S="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.sweep.attention.unit_softmax.collision_hashes=(16,)"
+$PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000
+$PY -m experiments.grid --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000 \
+    "--config.grid.tables_per_layer=((32,96,512),(4,32,512))" "--config.grid.hashes=(8,12,16,20)" --config.grid.draws=3
