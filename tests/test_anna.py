@@ -401,15 +401,17 @@ def test_straight_through_runs_algorithm_1_forward_and_the_collision_kernel_back
   def loss(module, q, k, v):
     return jnp.sum(module(q, k, v, mask=mask, causal=True)[0] * probe)
 
-  np.testing.assert_array_equal(plain(q, k, v, mask=mask, causal=True)[0], through(q, k, v, mask=mask, causal=True)[0])
-  dq, dk, dv = jax.grad(lambda *a: loss(through, *a), argnums=(0, 1, 2))(q, k, v)
-  _, _, plain_dv = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
+  forward = jax.jit(lambda q, k, v: (plain(q, k, v, mask=mask, causal=True)[0],
+                                      through(q, k, v, mask=mask, causal=True)[0]))
+  np.testing.assert_array_equal(*forward(q, k, v))
+  dq, dk, dv = jax.jit(jax.grad(lambda *a: loss(through, *a), argnums=(0, 1, 2)))(q, k, v)
+  _, _, plain_dv = jax.jit(jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2)))(q, k, v)
   np.testing.assert_allclose(dv, plain_dv, atol=1e-6)  # v: Algorithm 1's own gradient
 
   def kernel(q, k):
     out = collision_kernel_attention(unit_norm(q), unit_norm(k), v, 2, mask[:, None, None, :], True)
     return jnp.sum(out * probe)
-  want_dq, want_dk = jax.grad(kernel, argnums=(0, 1))(q, k)
+  want_dq, want_dk = jax.jit(jax.grad(kernel, argnums=(0, 1)))(q, k)
   assert float(jnp.max(jnp.abs(want_dq))) > 1e-3
   np.testing.assert_allclose(dq, want_dq, atol=1e-5)
   np.testing.assert_allclose(dk, want_dk, atol=1e-5)
