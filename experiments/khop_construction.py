@@ -15,7 +15,6 @@ rows it has); construction.md and construction.png are rebuilt from all of them.
 
 import json
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +27,7 @@ from anna_jax.tasks import khop_targets
 from experiments import grid, plots
 from experiments.cli import fail, flags_parser, quiet_console, writable_dir
 from experiments.files import write_atomic
+from experiments.match2_construction import cost, plot_times, timed
 
 
 def define_flags():
@@ -48,13 +48,6 @@ def define_flags():
                                             'Exact softmax attention up to this N (O(N^2) time).'),
       'tolerance': flags.DEFINE_float('tolerance', 0.01, 'The error every k must reach for a cell to solve.'),
   }
-
-
-def timed(compiled, *args):
-  """(result, seconds) of one call of a compiled function."""
-  t0 = time.perf_counter()
-  result = jax.block_until_ready(compiled(*args))
-  return result, time.perf_counter() - t0
 
 
 def row_key(row):
@@ -122,10 +115,6 @@ def evaluate_n(n, alphabet, ks, base, tables, hashes, draws, seed, width, softma
              'mean_collisions': float(np.mean(collisions)), 'seconds': float(np.median(seconds))}
 
 
-def cost(row):
-  return row['tables'] * (row['hashes'] + 1)
-
-
 def summary(rows, tolerance):
   """Per (alphabet, N): exact softmax; the cheapest anna cell whose error is <= tolerance at every k; the best."""
   table = []
@@ -189,16 +178,10 @@ def figure(rows, table):
   ax.set(xlabel='log2 N', ylabel='z', title='hashes needed (l = 1)')
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
-  ax = axes[2]
   for alphabet in alphabets:
-    soft = sorted((r['n'], r['seconds']) for r in rows if r['kind'] == 'softmax' and r['alphabet'] == alphabet)
-    cheap = sorted((t['n'], t['cheapest']['seconds']) for t in table if t['cheapest'] and t['alphabet'] == alphabet)
-    if soft:
-      ax.plot(*zip(*soft), 'o-', label=f'exact softmax, A={alphabet}')
-    if cheap:
-      ax.plot(*zip(*cheap), 's-', label=f'anna, cheapest solving cell, A={alphabet}')
-  ax.set(xscale='log', yscale='log', xlabel='N', ylabel='seconds (this CPU)', title='forward time, batch 1')
-  ax.legend(fontsize=7)
+    plot_times(axes[2], [r for r in rows if r['alphabet'] == alphabet], [t for t in table if t['alphabet'] == alphabet],
+               f', A={alphabet}')
+  axes[2].legend(fontsize=7)
   return plots.png(fig)[0]
 
 

@@ -171,16 +171,20 @@ def figure(rows, table):
     ax.plot([n for n, _ in at_needed], [r['mean_collisions'] for _, r in at_needed], 's-', label='collisions / query')
   ax.set(xscale='log', xlabel='N', title='at the z needed, l = 1')
   ax.legend(fontsize=8)
-  ax = axes[3]
+  plot_times(axes[3], rows, table)
+  axes[3].legend(fontsize=8)
+  return plots.png(fig)[0]
+
+
+def plot_times(ax, rows, table, label=''):
+  """Forward time against N: exact softmax with the construction's weights, and the cheapest solving anna cell."""
   soft = sorted((r['n'], r['seconds']) for r in rows if r['kind'] == 'softmax')
   cheap = sorted((t['n'], t['cheapest']['seconds']) for t in table if t['cheapest'])
   if soft:
-    ax.plot(*zip(*soft), 'o-', label='exact softmax (flash-style)')
+    ax.plot(*zip(*soft), 'o-', label=f'exact softmax (flash-style){label}')
   if cheap:
-    ax.plot(*zip(*cheap), 's-', label='anna, cheapest solving cell')
+    ax.plot(*zip(*cheap), 's-', label=f'anna, cheapest solving cell{label}')
   ax.set(xscale='log', yscale='log', xlabel='N', ylabel='seconds (this CPU)', title='forward time, batch 1')
-  ax.legend(fontsize=8)
-  return plots.png(fig)[0]
 
 
 def write_reports(out, rows, tolerance):
