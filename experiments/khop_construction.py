@@ -4,7 +4,7 @@ softmax attention.
 
   python -m experiments.khop_construction --out=experiments/results/khop_construction
 
-Per (alphabet, N): one sequence of N uniform symbols (batch 1, seeded), hop counts --ks; for every (l, z) the
+Per (alphabet, B, N): one sequence of N uniform symbols (batch 1, seeded), hop counts --ks; for every (l, z) the
 error against the labeler (`anna_jax.tasks.khop_targets`) per k, averaged over the hash draws, with the
 no-collision fraction and collisions per query of the first layer, and the median forward time over the draws
 (all layers, every k of --ks in one call, jitted, compiled ahead of the timed calls); exact softmax with the same
@@ -115,18 +115,23 @@ def evaluate_n(n, alphabet, ks, base, tables, hashes, draws, seed, width, softma
              'mean_collisions': float(np.mean(collisions)), 'seconds': float(np.median(seconds))}
 
 
+def variant(row):
+  """(alphabet, B): the model a row measured, besides N."""
+  return row['alphabet'], row['base']
+
+
 def summary(rows, tolerance):
-  """Per (alphabet, N): exact softmax; the cheapest anna cell whose error is <= tolerance at every k; the best."""
+  """Per (alphabet, B, N): exact softmax; the cheapest anna cell whose error is <= tolerance at every k; the best."""
   table = []
-  for alphabet, n in sorted({(r['alphabet'], r['n']) for r in rows}):
-    mine = [r for r in rows if (r['alphabet'], r['n']) == (alphabet, n)]
+  for alphabet, base, n in sorted({(*variant(r), r['n']) for r in rows}):
+    mine = [r for r in rows if (*variant(r), r['n']) == (alphabet, base, n)]
     anna = [r for r in mine if r['kind'] == 'anna']
     softmax = next((r for r in mine if r['kind'] == 'softmax'), None)
     solving = [r for r in anna if r['worst_k_error'] <= tolerance]
     one_table = [r for r in solving if r['tables'] == 1]
     # The least solving z at l = 1 is "z needed" only where a range of z was tried (3 or more), not a lone cell.
     scanned = len({r['hashes'] for r in anna if r['tables'] == 1}) >= 3
-    table.append({'n': n, 'alphabet': alphabet, 'layers': mine[0]['layers'], 'heads': mine[0]['heads'],
+    table.append({'n': n, 'alphabet': alphabet, 'base': base, 'layers': mine[0]['layers'], 'heads': mine[0]['heads'],
                   'softmax': softmax, 'cheapest': min(solving, key=lambda r: (cost(r), r['mean']), default=None),
                   'best': min(anna, key=lambda r: (r['worst_k_error'], cost(r)), default=None),
                   'z_needed_l1': min((r['hashes'] for r in one_table), default=None) if scanned else None})
@@ -137,8 +142,8 @@ def markdown(table, tolerance):
   lines = ['# The constructed k-hop model (Theorems 5.4 / 5.6), weights set', '',
            f'A cell solves when its mean error over the draws is <= {tolerance} at every k; the cheapest is the least '
            'l (z + 1). Times: median jitted forward (every layer) on this machine, batch 1, one run.', '',
-           '| alphabet | N | layers | heads | exact softmax: worst-k error, time | cheapest anna cell (l, z): time | '
-           'speed-up | best anna cell (l, z): worst-k error | z needed at l = 1 |', '|---|---|---|---|---|---|---|---|---|']
+           '| alphabet | B | N | layers | heads | exact softmax: worst-k error, time | cheapest anna cell (l, z): time | '
+           'speed-up | best anna cell (l, z): worst-k error | z needed at l = 1 |', '|---|---|---|---|---|---|---|---|---|---|']
   for t in table:
     s, c, b = t['softmax'], t['cheapest'], t['best']
     soft = f"{max(s['errors_by_k'].values()):.4f}, {s['seconds']:.3g} s" if s else 'not run (O(N^2))'
@@ -146,13 +151,14 @@ def markdown(table, tolerance):
     speed = f"{s['seconds'] / c['seconds']:.1f}x" if s and c else ''
     best = f"({b['tables']}, {b['hashes']}): {b['worst_k_error']:.4f}" if b else ''
     z = t['z_needed_l1'] if t['z_needed_l1'] is not None else '-'
-    lines.append(f"| {t['alphabet']} | 2^{int(np.log2(t['n']))} | {t['layers']} | {t['heads']} | {soft} | {cheap} | "
+    lines.append(f"| {t['alphabet']} | {t['base']} | 2^{int(np.log2(t['n']))} | {t['layers']} | {t['heads']} | {soft} | {cheap} | "
                  f"{speed} | {best} | {z} |")
-  for alphabet in sorted({t['alphabet'] for t in table}):
-    needed = [(t['n'], t['z_needed_l1']) for t in table if t['alphabet'] == alphabet and t['z_needed_l1'] is not None]
+  for alphabet, base in sorted({variant(t) for t in table}):
+    needed = [(t['n'], t['z_needed_l1']) for t in table
+              if variant(t) == (alphabet, base) and t['z_needed_l1'] is not None]
     slope = plots.fitted_slope(np.log2([n for n, _ in needed]), [z for _, z in needed]) if needed else None
     if slope is not None:
-      lines.append(f'\nAlphabet {alphabet}: z needed at l = 1 grows as {slope:.2f} log2 N (fitted over '
+      lines.append(f'\nAlphabet {alphabet}, B = {base}: z needed at l = 1 grows as {slope:.2f} log2 N (fitted over '
                    f'{len(needed)} N). {plots.THEOREM_34}.')
   return '\n'.join(lines) + '\n'
 
@@ -160,27 +166,28 @@ def markdown(table, tolerance):
 def figure(rows, table):
   import matplotlib.pyplot as plt
 
-  alphabets = sorted({r['alphabet'] for r in rows})
+  variants = sorted({variant(r) for r in rows})
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
   ax = axes[0]
-  for alphabet in alphabets:
-    anna = [r for r in rows if r['kind'] == 'anna' and r['tables'] == 1 and r['alphabet'] == alphabet]
+  for alphabet, base in variants:
+    anna = [r for r in rows if r['kind'] == 'anna' and r['tables'] == 1 and variant(r) == (alphabet, base)]
     for offset in sorted({r['hashes'] - int(np.log2(r['n'])) for r in anna}):
       points = sorted((r['n'], r['worst_k_error']) for r in anna if r['hashes'] - int(np.log2(r['n'])) == offset)
-      ax.plot(*zip(*points), 'o-', label=f'A={alphabet}, z = log2 N {offset:+d}')
+      ax.plot(*zip(*points), 'o-', label=f'A={alphabet} B={base}, z = log2 N {offset:+d}')
   ax.set(xscale='log', xlabel='N', ylabel='worst error over k', title='anna, l = 1')
   ax.legend(fontsize=6)
   ax = axes[1]
-  for alphabet in alphabets:
-    needed = [(t['n'], t['z_needed_l1']) for t in table if t['alphabet'] == alphabet and t['z_needed_l1'] is not None]
+  for alphabet, base in variants:
+    needed = [(t['n'], t['z_needed_l1']) for t in table
+              if variant(t) == (alphabet, base) and t['z_needed_l1'] is not None]
     if needed:
-      ax.plot(np.log2([n for n, _ in needed]), [z for _, z in needed], 'o-', label=f'A={alphabet}')
+      ax.plot(np.log2([n for n, _ in needed]), [z for _, z in needed], 'o-', label=f'A={alphabet} B={base}')
   ax.set(xlabel='log2 N', ylabel='z', title='hashes needed (l = 1)')
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
-  for alphabet in alphabets:
-    plot_times(axes[2], [r for r in rows if r['alphabet'] == alphabet], [t for t in table if t['alphabet'] == alphabet],
-               f', A={alphabet}')
+  for v in variants:
+    plot_times(axes[2], [r for r in rows if variant(r) == v], [t for t in table if variant(t) == v],
+               f', A={v[0]} B={v[1]}')
   axes[2].legend(fontsize=7)
   return plots.png(fig)[0]
 

@@ -85,4 +85,4 @@ def test_runner_rows_and_reports(tmp_path):
   assert not list(runner.evaluate_n(**args, done={runner.row_key(r) for r in rows}))  # a rerun skips them
   table = runner.write_reports(str(tmp_path), rows, tolerance=0.01)
   assert table[0]['layers'] == 5 + 1 + 2 + 1 and (tmp_path / 'construction.png').stat().st_size > 0
-  assert '| 4 | 2^4 | 9 |' in (tmp_path / 'construction.md').read_text()
+  assert '| 4 | 2 | 2^4 | 9 |' in (tmp_path / 'construction.md').read_text()
