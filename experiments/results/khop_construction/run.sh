@@ -14,3 +14,6 @@ $PY -m experiments.khop_construction --out=$OUT --log2_n=18 --alphabets=4 --tabl
     --draws=1 --softmax_up_to=0
 $PY -m experiments.khop_construction --out=$OUT --log2_n=20 --alphabets=4 --ks=1,16 --tables=1 --hashes_offset=11 \
     --draws=1 --softmax_up_to=0
+# The depth / heads trade-off: B = 32 (prefix maxima in ceil(log_32 (N + 1)) layers of 31 heads each).
+$PY -m experiments.khop_construction --out=$OUT --log2_n=10,12,14 --alphabets=4 --base=32 --tables=1 \
+    --hashes_offset=12,16,20 --draws=2 --softmax_up_to=4096
