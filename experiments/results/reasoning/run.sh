@@ -84,3 +84,17 @@ S="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.sweep.attention.un
 $PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000
 $PY -m experiments.grid --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000 \
     "--config.grid.tables_per_layer=((32,96,512),(4,32,512))" "--config.grid.hashes=(8,12,16,20)" --config.grid.draws=3
+# 9. k-hop (the depth-table config): full attention at depth d, then anna_softmax (4 tables x 3 hashes, window 64)
+#    warm-started from it (train.init_from; 5,000 more steps, the config's schedule), d = 2..5; then the table over
+#    one workdir holding links to the runs (khop-full-depth=d, khop-anna_softmax_warm-depth=d).
+for d in 2 3 4 5; do
+  $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full "--config.sweep.attention.kind=('full',)" \
+      "--config.sweep.model.depth=($d,)"
+  $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_warm_d$d \
+      "--config.sweep.attention.kind=('anna_softmax',)" "--config.sweep.model.depth=($d,)" \
+      --config.train.init_from=runs/khop_full/runs/khop-full-depth=$d
+  mkdir -p runs/khop_warm_all/runs
+  ln -sfn "$PWD/runs/khop_full/runs/khop-full-depth=$d" runs/khop_warm_all/runs/khop-full-depth=$d
+  ln -sfn "$PWD/runs/khop_warm_d$d/runs/khop-anna_softmax-depth=$d" runs/khop_warm_all/runs/khop-anna_softmax_warm-depth=$d
+done
+$PY -m experiments.khop_table --workdir=runs/khop_warm_all --out=experiments/results/reasoning/khop_anna_softmax_warm
