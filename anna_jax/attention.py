@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from anna_jax import checks
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
-from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig,
-                                collision_kernel_attention, draw_random_features, full_attention, full_blockwise_attention, lowrank_attention, unit_norm,
+from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig, draw_random_features,
+                                full_attention, full_blockwise_attention, lowrank_attention, unit_norm,
                                 unit_softmax_attention)
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 from anna_jax.sequence_parallel import SEQUENCE_AXIS, sequence_parallel_anna, sequence_parallel_anna_softmax
@@ -120,10 +121,12 @@ def sequence_mesh():
 
 def with_kernel_gradient(out, q, k, v, hashes, mask, causal):
   """`out` (Algorithm 1's output) in the forward; in the backward, q and k also get the gradient of the collision
-  kernel with `hashes` hashes per table (ANNAConfig.straight_through). v is held fixed in the kernel, so its
-  gradient stays Algorithm 1's own."""
-  key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]
-  kernel = collision_kernel_attention(q, k, jax.lax.stop_gradient(v), hashes, key_mask, causal).astype(out.dtype)
+  kernel with `hashes` hashes per table (ANNAConfig.straight_through): the unit_softmax surrogate with
+  collision_hashes. v is held fixed in the kernel, so its gradient stays Algorithm 1's own. The kernel is O(n^2)
+  and needs every key: a sequence split over devices is gathered for it (a training aid for short sequences)."""
+  whole = [None if x is None else checks.replicated(x) for x in (q, k, jax.lax.stop_gradient(v), mask)]
+  kernel = unit_softmax_attention(*whole[:3], beta=1.0, mask=whole[3], causal=causal, collision_hashes=hashes)
+  kernel = checks.laid_out_like(kernel.astype(out.dtype), out)
   return out + (kernel - jax.lax.stop_gradient(kernel))  # exactly `out` forward
 
 
@@ -144,11 +147,13 @@ class HashingAttention(nnx.Module):
       q, k = unit_norm(q), unit_norm(k)
       if mesh := sequence_mesh():
         out, stats = sequence_parallel_anna(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
-        return out, {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}
-      out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
-      if self.config.straight_through:
+        stats = {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}
+      else:
+        out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
+        stats = stats._asdict()
+      if self.config.straight_through:  # on one device and sequence-parallel alike
         out = with_kernel_gradient(out, q, k, v, self.config.num_hashes, mask, causal)
-      return out, stats._asdict()
+      return out, stats
     if mesh := sequence_mesh():
       out, stats = sequence_parallel_anna_softmax(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
       return out, {'dropped_fraction': stats['dropped_fraction']}

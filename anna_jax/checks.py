@@ -111,9 +111,9 @@ def _bad_rows(x):
   return ~jnp.all(jnp.isfinite(x), axis=-1)
 
 
-def _replicated(x):
-  """x with no axis sharded over an explicit mesh axis (a sequence split over devices, sequence_parallel): the
-  reductions along the sequence below need it whole. x here is one flag per token and head, small."""
+def replicated(x):
+  """x with no axis sharded over an explicit mesh axis (a sequence split over devices, sequence_parallel), for
+  computations that need the whole sequence (the reductions below; straight-through anna's O(n^2) kernel)."""
   sharding = getattr(jax.typeof(x), 'sharding', None)
   spec = getattr(sharding, 'spec', None)
   if spec is not None and any(axis is not None for axis in spec):
@@ -121,7 +121,7 @@ def _replicated(x):
   return x
 
 
-def _like(x, target):
+def laid_out_like(x, target):
   """x laid out as target's leading axes are (explicit meshes do not broadcast between layouts)."""
   sharding = getattr(jax.typeof(target), 'sharding', None)
   spec = getattr(sharding, 'spec', None)
@@ -134,15 +134,15 @@ def _like(x, target):
 def propagate_nonfinite(out, q, k, v, *, mask=None, causal=False, projections=None):
   """`out` with the NaN policy of the module docstring applied (padded queries zeroed)."""
   valid = jnp.ones(q.shape[:2], bool) if mask is None else jnp.asarray(mask).astype(bool)
-  valid = _replicated(valid[:, :, None])
-  seen = _replicated(_bad_rows(k) | _bad_rows(v)) & valid  # (batch, n, heads): a poisoned key of a real token
+  valid = replicated(valid[:, :, None])
+  seen = replicated(_bad_rows(k) | _bad_rows(v)) & valid  # (batch, n, heads): a poisoned key of a real token
   if causal:
     poisoned = jax.lax.cummax(seen.astype(jnp.int32), axis=1).astype(bool)
   else:
     poisoned = jnp.broadcast_to(jnp.any(seen, axis=1, keepdims=True), seen.shape)
-  poisoned = poisoned | _replicated(_bad_rows(q))
+  poisoned = poisoned | replicated(_bad_rows(q))
   if projections is not None:
     poisoned = poisoned | ~jnp.all(jnp.isfinite(projections))
-  poisoned, valid = _like(poisoned, out), _like(valid, out)
+  poisoned, valid = laid_out_like(poisoned, out), laid_out_like(valid, out)
   out = jnp.where(poisoned[..., None], jnp.asarray(jnp.nan, out.dtype), out)
   return jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))

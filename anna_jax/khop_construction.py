@@ -7,7 +7,7 @@ hop finds no earlier occurrence. The model reads a sequence of n + 1 tokens, [k,
 Every attention layer here is one `anna` call (Algorithm 1, causal) whose heads each LOOK UP one position: a
 token's state names a target position p, its query is the code of p, and the key of the token at p is the same
 code, so the two are the same float vector and collide in every table whatever the hash draw; the value is the
-part of p's state the layer reads. Codes (`PositionCodes`): unit vectors e(t) = [cos(2 pi f t / M), sin(2 pi f
+part of p's state the layer reads. Codes (`encode`): unit vectors e(t) = [cos(2 pi f t / M), sin(2 pi f
 t / M)] / sqrt(T) over T odd frequencies f and M a power of two past n + 1, so distinct indices sit at cosine at
 most `max_false_cosine` < 1 (computed exactly over every difference). Index t = position + 1; index 0 is "none",
 the code of the leading k token, whose value is 0 in every lookup: a lookup of "none" reads 0, which is "none"
@@ -23,7 +23,7 @@ Layers (B = `base`; L = ceil(log_B (n + 1)); bits = max_k.bit_length()):
    (r starts at the token itself), and r moves there when bit b of k is set. `bits` layers.
 4. Read-out: a head reads x at r (value x + 1); 0 is "none".
 So L + bits + 2 layers: for N = 2^20, B = 2, k <= 16 that is 21 + 5 + 2 = 28 layers of at most 2 heads (B = 32:
-4 layers of 31 heads for step 1).
+5 layers of 31 heads for step 1, as 32^4 = 2^20 < N + 1).
 
 If every index's code lands in a bucket of its own in every table of every layer, each lookup returns exactly
 the target's value (it is the only key in the query's buckets) and the model is exact; otherwise a false

@@ -390,7 +390,7 @@ def test_straight_through_runs_algorithm_1_forward_and_the_collision_kernel_back
   from flax import nnx
 
   from anna_jax.attention import AttentionConfig, make_attention
-  from anna_jax.baselines import collision_kernel_attention, unit_norm
+  from anna_jax.baselines import unit_softmax_attention
   q, k, v = qkv(12, batch=1)
   mask = padding_mask(12, [10])
   config = ANNAConfig(num_tables=3, num_hashes=2)
@@ -408,11 +408,10 @@ def test_straight_through_runs_algorithm_1_forward_and_the_collision_kernel_back
   _, _, plain_dv = jax.jit(jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2)))(q, k, v)
   np.testing.assert_allclose(dv, plain_dv, atol=1e-6)  # v: Algorithm 1's own gradient
 
-  def kernel(q, k):
-    out = collision_kernel_attention(unit_norm(q), unit_norm(k), v, 2, mask[:, None, None, :], True)
-    return jnp.sum(out * probe)
+  def kernel(q, k):  # the collision kernel with z = 2; padded queries get no gradient
+    return jnp.sum(unit_softmax_attention(q, k, v, beta=1.0, mask=mask, causal=True, collision_hashes=2) * probe)
   want_dq, want_dk = jax.jit(jax.grad(kernel, argnums=(0, 1)))(q, k)
-  assert float(jnp.max(jnp.abs(want_dq))) > 1e-3
+  assert float(jnp.max(jnp.abs(want_dq))) > 1e-3 and not np.any(np.asarray(dq)[:, 10:])
   np.testing.assert_allclose(dq, want_dq, atol=1e-5)
   np.testing.assert_allclose(dk, want_dk, atol=1e-5)
   with pytest.raises(ValueError, match='straight_through'):

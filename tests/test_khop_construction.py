@@ -1,7 +1,5 @@
 """The constructed k-hop / induction-heads model (Theorems 5.4 and 5.6, weights set, not trained)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -193,3 +193,27 @@ def test_sequence_parallel_anna_exports_for_cuda_without_device_or_chunk_loops(m
 
   loops = cuda_while_loops(mesh, attend)
   assert loops['accelerator'] == 2 and loops['cpu'] > 2, loops
+
+
+def test_straight_through_anna_trains_q_and_k_under_a_sequence_mesh_as_on_one_device(mesh):
+  # attention.anna.straight_through is applied after the plan is chosen, so a sequence-parallel layer gets the
+  # same q and k gradients (the collision kernel's, over the gathered sequence) as one device. Inputs laid out as
+  # the Trainer lays them out: tokens split over the mesh, with a mask.
+  from flax import nnx
+  from jax.sharding import NamedSharding, PartitionSpec
+
+  from anna_jax.attention import AttentionConfig, make_attention
+  config = ANNAConfig(num_tables=3, num_hashes=2, straight_through=True)
+  q, k, v, _ = inputs(64, config)
+  mask = jnp.arange(64)[None, :] < jnp.array([[64], [50]])
+  layer = make_attention(AttentionConfig(kind='anna', anna=config), 2, 8, rngs=nnx.Rngs(0))
+  weights = jnp.sin(jnp.arange(8.0))
+  grads = jax.jit(jax.grad(lambda q, k, v, mask: jnp.sum(layer(q, k, v, mask=mask, causal=True)[0] * weights),
+                           argnums=(0, 1, 2)))
+  one = grads(q, k, v, mask)
+  split_over = NamedSharding(mesh, PartitionSpec(None, 'seq'))
+  with jax.set_mesh(mesh):
+    split = grads(*(jax.device_put(x, split_over) for x in (q, k, v, mask)))
+  assert float(jnp.max(jnp.abs(one[0]))) > 1e-3
+  for a, b in zip(split, one):
+    np.testing.assert_allclose(a, b, atol=2e-6)
