@@ -34,12 +34,13 @@ def define_flags():
   """This program's flags (defined when it runs, so importing the module for its functions defines none)."""
   return {
       'out': flags.DEFINE_string('out', 'runs/khop_construction', 'Where results.jsonl, construction.md and .png go.'),
-      'log2_n': flags.DEFINE_list('log2_n', [str(e) for e in range(10, 21, 2)], 'Sequence lengths N = 2^e.'),
+      'log2_n': flags.DEFINE_list('log2_n', [str(e) for e in range(10, 17, 2)], 'Sequence lengths N = 2^e.'),
       'ks': flags.DEFINE_list('ks', ['0', '1', '2', '4', '8', '16'], 'Hop counts k evaluated (max_k = the largest).'),
       'alphabets': flags.DEFINE_list('alphabets', ['4', '64'], 'Alphabet sizes.'),
       'base': flags.DEFINE_integer('base', 2, 'B: prefix-maximum layers take B - 1 lookup heads each.'),
       'tables': flags.DEFINE_list('tables', ['1', '2'], 'Hash tables l.'),
-      'hashes': flags.DEFINE_list('hashes_offset', ['-2', '0', '2', '4', '6', '8'],
+      # z = log2 N + 16 solves every k <= 16 at one table (experiments/results/khop_construction): scan around it.
+      'hashes': flags.DEFINE_list('hashes_offset', ['4', '8', '12', '16', '20'],
                                   'Hashes per table z = log2 N + offset (z >= 1).'),
       'draws': flags.DEFINE_integer('draws', 2, 'Hash draws per cell.'),
       'width': flags.DEFINE_integer('width', 128, 'Position-code width (even): 2 x the number of frequencies.'),
@@ -143,7 +144,7 @@ def markdown(table, tolerance):
            f'A cell solves when its mean error over the draws is <= {tolerance} at every k; the cheapest is the least '
            'l (z + 1). Times: median jitted forward (every layer) on this machine, batch 1, one run.', '',
            '| alphabet | B | N | layers | heads | exact softmax: worst-k error, time | cheapest anna cell (l, z): time | '
-           'speed-up | best anna cell (l, z): worst-k error | z needed at l = 1 |', '|---|---|---|---|---|---|---|---|---|---|']
+           'speed-up | best anna cell (l, z): worst-k error | z needed at l = 1 |', '|---' * 10 + '|']
   for t in table:
     s, c, b = t['softmax'], t['cheapest'], t['best']
     soft = f"{max(s['errors_by_k'].values()):.4f}, {s['seconds']:.3g} s" if s else 'not run (O(N^2))'
@@ -151,8 +152,8 @@ def markdown(table, tolerance):
     speed = f"{s['seconds'] / c['seconds']:.1f}x" if s and c else ''
     best = f"({b['tables']}, {b['hashes']}): {b['worst_k_error']:.4f}" if b else ''
     z = t['z_needed_l1'] if t['z_needed_l1'] is not None else '-'
-    lines.append(f"| {t['alphabet']} | {t['base']} | 2^{int(np.log2(t['n']))} | {t['layers']} | {t['heads']} | {soft} | {cheap} | "
-                 f"{speed} | {best} | {z} |")
+    lines.append(f"| {t['alphabet']} | {t['base']} | 2^{int(np.log2(t['n']))} | {t['layers']} | {t['heads']} | "
+                 f"{soft} | {cheap} | {speed} | {best} | {z} |")
   for alphabet, base in sorted({variant(t) for t in table}):
     needed = [(t['n'], t['z_needed_l1']) for t in table
               if variant(t) == (alphabet, base) and t['z_needed_l1'] is not None]
