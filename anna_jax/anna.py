@@ -6,22 +6,23 @@ keys hashed into it; a query adds the (sum, count) of the bucket it hits in each
 So w_ij = c_ij / sum_j' c_ij', with c_ij the number of tables in which q_i and k_j collide: a key colliding in
 t tables weighs t times (multiplicity, not union). There is no q.k product, no softmax and no dropped pair.
 
-Two loop plans (`loop_plan`; 'auto' picks by jax.default_backend()), equal outputs, no n x n tensor and no
-dropped pair in either:
+Loop plans (`loop_plan`, `anna_jax.plans`; 'auto' picks by backend), equal outputs, no n x n tensor and no
+dropped pair in any:
 - 'accelerator' (GPU/TPU): every table hashed at once, then one `lax.scan` over tables (the paper's
   Algorithm 2: memory O(n * d) per step), each step a few large kernels batched over batch and heads.
   Non-causal: a scatter-add of (v, 1) into the buckets and a gather per query, no sort. Causal (not in the
   paper; k-hop / induction heads need it: query i counts only keys j <= i): keys and queries sorted together
   by (bucket, position), a key before the query at its own position; prefix sums over the sorted values give
   each query its bucket's sum up to its position. The sorted path also serves buckets outnumbering keys.
-- 'cpu': two C++ kernels (`anna_jax.cpu_kernel`, built on first use; XLA FFI custom calls on XLA's CPU thread
+- 'cpu_kernel': two C++ kernels (`anna_jax.cpu_kernel`, built on first use; XLA FFI custom calls on XLA's CPU thread
   pool), because XLA's CPU scatter and gather cost several times the memory they touch. Hyperplane codes
   by a register-tiled product (cross-polytope codes by XLA, 2048 tokens at a time); then per (batch row, head)
   the bucket tables of all l tables are built in one walk over the keys and read in one walk
   over the queries. Causal walks the tokens in order, key i added before query i reads: exact, no sort, no
   prefix sums. The VJP in v is the same kernel with keys and queries swapped (causal: walked backwards).
   Code spaces far larger than n (many hashes per table) are hashed into 2n-4n exact rows per table, so z
-  well above log2 n costs no more. Without a C++ compiler the 'cpu' plan runs the scan plan instead.
+  well above log2 n costs no more.
+- 'cpu_xla': the accelerator plan's scan, the one CPU path without a C++ compiler ('auto' picks it there).
 Sums accumulate in float32 whatever the input dtype. A query with no colliding key outputs zeros; padded
 queries output zeros, padded keys are never counted.
 
@@ -36,7 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from anna_jax import checks, cpu_kernel, lsh, plans
+from anna_jax import checks, cpu_kernel, lsh, plans, v_linear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class ANNAConfig:
   family: str = 'hyperplane'  # 'hyperplane' (2**z buckets per table) or 'crosspolytope' ((2 d')**z)
   crosspolytope_dim: int = 0  # d' of each cross-polytope hash; 0 = head_dim
   resample_hashes: bool = False  # False: hash functions fixed per layer; True: redrawn every call
-  loop_plan: str = 'auto'  # 'cpu', 'accelerator' or 'auto' (by jax.default_backend()); see anna_jax.plans
+  loop_plan: str = 'auto'  # 'auto', 'accelerator', 'cpu_xla' or 'cpu_kernel': see anna_jax.plans
   # A training aid (ours, not the paper's; read by `anna` in a model, not by anna_attention): the forward stays
   # Algorithm 1, and q and k get the gradient of the collision kernel p^z / sum p^z (p = 1 - angle / pi, z =
   # num_hashes), the weights Algorithm 1 tends to as its tables grow, so a model can learn its queries and keys
@@ -174,9 +175,9 @@ def bucket_sums(read_ids, write_ids, values, read_valid, write_valid, num_ids, d
   ids (batch, n, heads, tables), values (batch, n, heads, dim), valids (batch, n). direction 0: every writer;
   1: writer j for reader i iff j <= i; 2: iff j >= i. Readers that are padding get zeros.
   """
-  if cpu_kernel.serves(plan):
+  if plan.kernel:
     return cpu_kernel.bucket_attend(read_ids, write_ids, values, read_valid, write_valid, num_ids=num_ids,
-                                    direction=direction, normalize=False)
+                                    direction=direction, normalize=False, tuning=plan.tuning)
   if direction == 2:  # j >= i is j <= i read backwards
     flip = lambda x: jnp.flip(x, axis=1)
     sums, counts = bucket_sums(flip(read_ids), flip(write_ids), flip(values), flip(read_valid), flip(write_valid),
@@ -189,7 +190,7 @@ def bucket_sums(read_ids, write_ids, values, read_valid, write_valid, num_ids, d
 
 def bucket_ids(q, k, projections, family, plan):
   """(q_ids, k_ids, num_ids) as the plan hashes them: the CPU kernels' codes, or `lsh.bucket_ids`."""
-  if cpu_kernel.serves(plan):
+  if plan.kernel:
     return cpu_kernel.bucket_ids(q, k, projections, family)
   return lsh.bucket_ids(q, k, projections, family)
 
@@ -204,7 +205,7 @@ def collision_stats(counts, valid, total=lambda x: x):
 
 
 @checks.guarded('anna', hashes='config', any_value_width=True)
-def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
+def anna_attention(q, k, v, projections, config, *, mask=None, causal=False, tuning=None):
   """Algorithm 1 over q, k, v of shape (batch, n, heads, head_dim).
 
   Args:
@@ -212,17 +213,19 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False):
     config: ANNAConfig (its family is read here; tables and hashes come from the projections' shape).
     mask: optional (batch, n) bool, True for real tokens.
     causal: query i only counts keys j <= i.
+    tuning: the CPU kernel's `plans.Tuning` (None: the defaults); it changes speed and memory, never a number.
   Returns:
     (output of v's shape and dtype, ANNAStats). Gradients flow to v only (see the module docstring).
   """
   batch, n = q.shape[:2]
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
   q_valid = valid[:, :, None]
-  plan = plans.resolve(config.loop_plan)
+  plan = plans.resolve(config.loop_plan, 'anna', tuning)
   # The ids are int32 (batch, n, heads, tables): every table hashed up front (one projection per input).
   q_ids, k_ids, num_ids = bucket_ids(q, k, projections, config.family, plan)
-  if cpu_kernel.serves(plan):
-    out, counts = cpu_kernel.attend(v, q_ids, k_ids, valid, num_ids, causal, v.dtype)
+  if plan.kernel:
+    out, counts, _ = v_linear.attend(cpu_kernel.BucketWalk(num_ids, plan.tuning), v, q_ids, k_ids, valid, causal,
+                                     v.dtype)
   else:
     sums, counts = _scan_plan(q_ids, k_ids, v, valid, num_ids, causal)
     out = jnp.where(q_valid[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)  # no collision: zeros

@@ -17,12 +17,13 @@ ONCE (union, where Algorithm 1 counts a key once per colliding table). Per table
 
 Loop plans (`loop_plan`, `anna_jax.plans`), all attending the same pairs (tested against each other, drops
 included):
-  - CPU ('cpu'): C++ kernels (kernels/anna_softmax_cpu.cc through `cpu_kernel.softmax_attend`, any length), a
+  - CPU ('cpu_kernel'): C++ kernels (kernels/anna_softmax_cpu.cc through `cpu_kernel.softmax_attend`, any length), a
     forward and a backward that recomputes instead of storing: per (batch, head) the routing above, then each
     query's softmax merged over the tables (see the kernel file). At 16K tokens, B 1, H 8, d 64, l 8, one process:
     forward 0.36 s and train step 0.87 s, against 1.40 s and 5.31 s by the XLA loops below (2-core CPU,
-    2026-12-03, benchmarks/results/cpu-2core-epyc-extra/kernel_vs_xla_loops.*). Where no compiler is found, XLA
-    loops over (batch, head) rows and chunks sized to stay in cache.
+    2026-12-03, benchmarks/scripts/kernel_vs_xla_loops.py, its log in benchmarks/results/cpu-2core-epyc-extra/).
+    'cpu_xla' (what 'auto' runs where no compiler is found): XLA loops over (batch, head) rows and chunks sized
+    to stay in cache.
   - GPU/TPU ('accelerator'): rows and chunks batched into a few large kernels (vmap); the only loop is the scan
     over tables. Short sequences (length <= `dense_up_to`) take the dense layout: the same windows tested for
     every pair at once.
@@ -117,7 +118,7 @@ def _sort_slots(keys, span, slots_are_positions):
 
 
 def route(q_bucket, k_bucket, q_valid, k_valid, q_position, k_position, *, span, num_buckets, chunk, window,
-          causal, slots_are_positions=False, plan='cpu'):
+          causal, slots_are_positions=False, plan=plans.Plan('cpu_xla')):
   """Sorts slots by the int32 key bucket * span + position (positions are < span) and places the windows.
 
   slots_are_positions: the positions are 0, 1, ..., n - 1 (single-device ANNA), which allows a cheaper sort.
@@ -165,7 +166,7 @@ def route(q_bucket, k_bucket, q_valid, k_valid, q_position, k_position, *, span,
 
 
 def table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, counted_before, *, chunk, window,
-                    causal, weighting, scale, plan='cpu'):
+                    causal, weighting, scale, plan=plans.Plan('cpu_xla')):
   """One table's bucket-masked window attention for one (batch, head), in query-slot order.
 
   counted_before(q_slot (chunk,), k_slot (load,)) -> (chunk, load) bool mask of the pairs an earlier table already
@@ -195,7 +196,7 @@ def table_attention(q, k, v, r, q_valid, k_valid, q_position, k_position, counte
 
   # Chunks run in groups whose score tiles stay cache-sized: the cost stays linear in n.
   m, num, den, in_window = plans.map_rows(one_chunk, (r.chunk_queries, r.chunk_live, r.chunk_key_start, k_slots),
-                                          plan, batch_size=plans.chunks_per_step(chunk, load))
+                                          plan, batch_size=plan.tuning.chunks_per_step(chunk, load))
   place = r.q_place
   return (m.reshape(-1)[place], num.reshape(-1, d)[place], den.reshape(-1)[place]), jnp.sum(in_window)
 
@@ -346,7 +347,7 @@ def _anna_one_head(q, k, v, q_buckets, k_buckets, q_valid, k_valid, *, num_bucke
 
 
 @checks.guarded('anna_softmax', hashes='config')
-def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=False):
+def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=False, tuning=None):
   """Softmax over ANNA's collision set, for q, k, v of shape (batch, n, heads, head_dim).
 
   Args:
@@ -354,6 +355,7 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
     config: ANNASoftmaxConfig (family, chunk_size, window, weighting are read here).
     mask: optional (batch, n) bool, True for real tokens. Padded queries output zeros.
     causal: query i only sees keys j <= i.
+    tuning: the CPU paths' `plans.Tuning` (None: the defaults); it changes speed and memory, never a number.
   Returns:
     (output of shape (batch, n, heads, head_dim), ANNASoftmaxStats)
   """
@@ -367,9 +369,10 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
   window = min(config.window, n_pad)
   check_sort_key(num_buckets, n_pad)
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
-  plan = plans.resolve(config.loop_plan)
-  if cpu_kernel.serves(plan):
-    return _kernel_attention(q, k, v, projections, config, valid, key_slots=n_pad, window=window, causal=causal)
+  plan = plans.resolve(config.loop_plan, 'anna_softmax', tuning)
+  if plan.kernel:
+    return _kernel_attention(q, k, v, projections, config, valid, key_slots=n_pad, window=window, causal=causal,
+                             tuning=plan.tuning)
   q_buckets = lsh.hash_codes(q, projections, config.family)  # (batch, heads, tables, n)
   k_buckets = lsh.hash_codes(k, projections, config.family)
 
@@ -383,7 +386,7 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
                 scale=1.0 / math.sqrt(dim))
   attend_row = (functools.partial(dense_attention, **layout) if dense else
                 functools.partial(_anna_one_head, plan=plan, **layout))
-  if dense or plan == 'accelerator':  # every (batch, head) row in one batched computation
+  if dense or plan.accelerator:  # every (batch, head) row in one batched computation
     def rows(x):
       return jnp.transpose(x, (0, 2, 1, 3)).reshape(batch * heads, n_pad, dim)
 
@@ -405,20 +408,20 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
                         row_valid)
 
     # Long sequences run one head at a time (cache locality, bounded memory); short ones batch many heads.
-    heads_per_step = min(batch * heads, plans.rows_per_step(n_pad))
+    heads_per_step = min(batch * heads, plan.tuning.rows_per_step(n_pad))
     out, collisions, dropped = plans.map_rows(one_head, jnp.arange(batch * heads), plan, batch_size=heads_per_step)
   out = out.reshape(batch, heads, n_pad, dim).transpose(0, 2, 1, 3)[:, :n]
   stats = ANNASoftmaxStats(jax.lax.stop_gradient(jnp.sum(collisions)), jax.lax.stop_gradient(jnp.sum(dropped)))
   return out, stats
 
 
-def _kernel_attention(q, k, v, projections, config, valid, *, key_slots, window, causal):
-  """The 'cpu' plan: the C++ kernels (`cpu_kernel.softmax_attend`), any length. The same pairs as the sorted
+def _kernel_attention(q, k, v, projections, config, valid, *, key_slots, window, causal, tuning):
+  """The 'cpu_kernel' plan: the C++ kernels (`cpu_kernel.softmax_attend`), any length. The same pairs as the sorted
   and dense layouts: key_slots is the padded length they clip the non-causal windows to."""
   q_ids, k_ids, num_ids = cpu_kernel.bucket_ids(q, k, projections, config.family)
   layout = cpu_kernel.SoftmaxLayout(num_ids=num_ids, key_slots=key_slots, window=window, chunk=config.chunk_size,
                                     causal=causal, uniform=config.weighting == 'uniform',
-                                    scale=1.0 / math.sqrt(q.shape[-1]))
+                                    scale=1.0 / math.sqrt(q.shape[-1]), tuning=tuning)
   f32 = lambda x: x.astype(jnp.float32)
   out, stats = cpu_kernel.softmax_attend(f32(q), f32(k), f32(v), q_ids, k_ids, valid, layout)
   collisions, read = jnp.sum(stats[..., 0]), jnp.sum(stats[..., 1])

@@ -38,7 +38,7 @@ class ReformerConfig:
   num_rounds: int = 8  # n_hashes: independent hashing rounds, merged by log-sum-exp
   num_buckets: int = 64  # buckets per round (even): argmax over [xR; -xR], R of num_buckets / 2 columns
   chunk_size: int = 64  # sorted tokens per chunk; each chunk attends to itself and the previous one
-  loop_plan: str = 'auto'  # 'cpu', 'accelerator' or 'auto'
+  loop_plan: str = 'auto'  # 'auto', 'accelerator', 'cpu_xla' or 'cpu_kernel' (no kernel: its cpu_xla loops)
   resample_hashes: bool = False  # False: rotations fixed per layer; True: redrawn every call
 
   def __post_init__(self):  # a config that exists is valid
@@ -139,7 +139,7 @@ def _row(q, keys, v, buckets, valid, **kwargs):
 
 
 @checks.guarded('reformer', hashes='crosspolytope', shared_qk=True)
-def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
+def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False, tuning=None):
   """Reformer LSH attention over q, v of shape (batch, n, heads, head_dim); `k` is ignored (shared QK).
 
   Returns (output of v's shape and dtype, ReformerStats). Padded queries output zeros.
@@ -155,7 +155,7 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
   q, keys, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, keys, v))
   buckets = jnp.pad(buckets, ((0, 0), (0, 0), (0, 0), (0, pad)))
   valid = jnp.pad(valid, ((0, 0), (0, pad)))
-  plan = plans.resolve(config.loop_plan)
+  plan = plans.resolve(config.loop_plan, 'reformer', tuning, has_kernel=False)
   row = functools.partial(_row, num_buckets=config.num_buckets, chunk=chunk, causal=causal, plan=plan)
 
   def rows(x):
@@ -165,7 +165,7 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False):
     return row(*args)
 
   xs = (rows(q), rows(keys), rows(v), buckets.reshape(batch * heads, -1, n_pad), jnp.repeat(valid, heads, axis=0))
-  out, collisions, dropped = plans.map_rows(one_row, xs, plan, batch_size=plans.rows_per_step(n_pad))
+  out, collisions, dropped = plans.map_rows(one_row, xs, plan, batch_size=plan.tuning.rows_per_step(n_pad))
   out = out.reshape(batch, heads, n_pad, dim).transpose(0, 2, 1, 3)[:, :n]
   out = out * valid[:, :n, None, None]
   stats = ReformerStats(jax.lax.stop_gradient(jnp.sum(collisions)), jax.lax.stop_gradient(jnp.sum(dropped)))

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from anna_jax import checks, lsh, plans
+from anna_jax import checks, lsh, plans, v_linear
 from anna_jax.anna import bucket_ids, bucket_sums, collision_stats
 from anna_jax.anna_softmax import NEG, check_sort_key, empty_merge_state, merge, normalise, route, table_attention
 
@@ -110,7 +110,7 @@ def _record(name, x, per_round=False):
 
 @checks.guarded('sequence_parallel_anna_softmax', hashes='config')
 def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis=SEQUENCE_AXIS, mask=None,
-                                   causal=False, capacity=None):
+                                   causal=False, capacity=None, tuning=None):
   """anna_softmax over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.
 
   capacity: tokens per (source, destination) buffer; default 2 * n_local / P (twice the balanced share),
@@ -129,7 +129,8 @@ def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis=S
   q, k, v, valid, projections = lay_out(mesh, seq, q, k, v, valid, projections)
   local = functools.partial(_local, num_devices=num_devices, capacity=capacity, num_buckets=num_buckets,
                             span=n, config=config, causal=causal, axis=axis, every_axis=every_axis,
-                            plan=plans.resolve(config.loop_plan))
+                            plan=plans.resolve(config.loop_plan, 'sequence_parallel_anna_softmax', tuning,
+                                               has_kernel=False))
   out, dropped, collisions, overflow = jax.shard_map(
       local, mesh=mesh, in_specs=(seq, seq, seq, P(), seq), out_specs=(seq, P(), P(), P()))(
           q, k, v, projections, valid)
@@ -189,7 +190,7 @@ def _local(q, k, v, projections, valid, *, num_devices, capacity, num_buckets, s
     (kx, vx, kp, kb), k_filled, _, k_over = pack(owner(k_buckets), payloads=(k_h, v_h, positions, k_buckets))
     received = tuple(map(exchange_, (qx, kx, vx, qb, kb, q_filled, k_filled, qp, kp)))
     part, table_collisions, in_window = plans.map_rows(lambda xs: attend_row(*xs, t), received, plan,
-                                                       batch_size=plans.rows_per_step(padded))
+                                                       batch_size=plan.tuning.rows_per_step(padded))
     # Partial results travel back to the queries' home devices; a query that was not sent reads "empty".
     m, num, den = map(exchange_, part)
     part = (take_or(m, q_slot, NEG), take_or(num, q_slot, 0.0), take_or(den, q_slot, 0.0))
@@ -241,7 +242,7 @@ def _attend_received(q, k, v, q_buckets, k_buckets, q_valid, k_valid, q_position
 
 @checks.guarded('sequence_parallel_anna', hashes='config', any_value_width=True)
 def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis=SEQUENCE_AXIS, mask=None, causal=False,
-                           capacity=None, tables_per_exchange=0):
+                           capacity=None, tables_per_exchange=0, tuning=None):
   """Algorithm 1 (`anna_attention`) over q, k, v (batch, n, heads, dim) with n sharded over `mesh` axis `axis`.
 
   Device s holds tokens s * n / P .. (s + 1) * n / P - 1. A query's output needs, per table, the sum of the
@@ -283,7 +284,8 @@ def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis=SEQUENCE_
   seq, every_axis = token_layout(mesh, axis, batch)
   q, k, v, valid, projections = lay_out(mesh, seq, q, k, v, valid, projections)
   spec = _SequenceSpec(axis=axis, every_axis=every_axis, num_devices=num_devices, num_ids=num_ids,
-                       capacity=capacity, plan=plans.resolve(config.loop_plan), dense=num_ids <= n_local,
+                       capacity=capacity, plan=plans.resolve(config.loop_plan, 'sequence_parallel_anna', tuning),
+                       dense=num_ids <= n_local,
                        tables_per_exchange=tables_per_exchange)
   local = functools.partial(_anna_local, spec=spec, family=config.family, causal=causal)
   out, stats = jax.shard_map(local, mesh=mesh, in_specs=(seq, seq, seq, P(), seq), out_specs=(seq, P()))(
@@ -297,41 +299,31 @@ class _SequenceSpec(NamedTuple):
   num_devices: int
   num_ids: int
   capacity: int
-  plan: str
+  plan: plans.Plan
   dense: bool  # bucket tables summed across devices; else records routed to owners
   tables_per_exchange: int  # tables exchanged at once; 0: all
 
 
 def _anna_local(q, k, v, projections, valid, *, spec, family, causal):
   q_ids, k_ids, _ = bucket_ids(q, k, projections, family, spec.plan)  # the single-device path's codes
-  out, counts, rounds = _attend(v, q_ids, k_ids, valid, spec, causal, v.dtype)
+  out, counts, rounds = v_linear.attend(_ExchangeWalk(spec), v, q_ids, k_ids, valid, causal, v.dtype)
   stats = collision_stats(counts, valid, functools.partial(jax.lax.psum, axis_name=spec.every_axis))
   return out.astype(v.dtype), {**stats._asdict(), 'rounds': jax.lax.pmax(rounds, spec.every_axis)}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _attend(v, q_ids, k_ids, valid, spec, causal, v_dtype):
-  """(output, counts, rounds) on one device: Algorithm 1 over the whole sequence. Its VJP in v is the same
-  exchange, keys reading what the queries wrote (g_i / C_i), causal read backwards (as `cpu_kernel.attend`)."""
-  del v_dtype
-  sums, counts, rounds = _gathered_sums(q_ids, k_ids, v, valid, valid, spec, int(causal))
-  out = jnp.where((counts > 0)[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)
-  return out, counts, rounds
+class _ExchangeWalk(NamedTuple):
+  """Algorithm 1 over the whole sharded sequence, for `v_linear.attend` (its VJP in v: the same exchange, keys
+  reading what the queries wrote)."""
+  spec: _SequenceSpec
 
+  def attend(self, v, q_ids, k_ids, valid, causal):
+    """(output, counts, rounds) on one device."""
+    sums, counts, rounds = _gathered_sums(q_ids, k_ids, v, valid, valid, self.spec, int(causal))
+    out = jnp.where((counts > 0)[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)
+    return out, counts, rounds
 
-def _attend_fwd(v, q_ids, k_ids, valid, spec, causal, v_dtype):
-  out, counts, rounds = _attend(v, q_ids, k_ids, valid, spec, causal, v_dtype)
-  return (out, counts, rounds), (q_ids, k_ids, valid, counts)
-
-
-def _attend_bwd(spec, causal, v_dtype, residuals, cotangents):
-  q_ids, k_ids, valid, counts = residuals
-  per_query = cotangents[0] / jnp.maximum(counts, 1)[..., None]
-  dv, _, _ = _gathered_sums(k_ids, q_ids, per_query, valid, valid, spec, 2 if causal else 0)
-  return dv.astype(v_dtype), None, None, None
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd)
+  def sums(self, read_ids, write_ids, values, valid, direction):
+    return _gathered_sums(read_ids, write_ids, values, valid, valid, self.spec, direction)[0]
 
 
 def _gathered_sums(read_ids, write_ids, values, read_valid, write_valid, spec, direction):
@@ -435,7 +427,8 @@ def _routed_remote(ids_r, r_valid, ids_w, payload, w_valid, spec, direction):
   """Per reader, (sum, count) of its bucket over the writers of the devices it may read from: records to the
   buckets' owners, requests after them, answers back; more rounds while any buffer overflowed."""
   num_devices, capacity, axis = spec.num_devices, spec.capacity, spec.axis
-  map_rows = functools.partial(plans.map_rows, plan=spec.plan, batch_size=plans.rows_per_step(ids_r.shape[1]))
+  map_rows = functools.partial(plans.map_rows, plan=spec.plan,
+                               batch_size=spec.plan.tuning.rows_per_step(ids_r.shape[1]))
 
   def prepare(xs):
     ids_r, r_valid, ids_w, payload, w_valid = xs

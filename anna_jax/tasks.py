@@ -1,9 +1,21 @@
-"""The paper's reasoning tasks, Match2 and k-hop induction heads: seeded, jittable samplers and labelers.
+"""The paper's reasoning tasks, Match2 and k-hop induction heads: seeded, jittable samplers and labelers, and
+how each is evaluated.
 
 A batch is a dict of (batch, length) arrays:
   tokens: model input; targets: per-token class;
   loss_mask: positions trained on; eval_mask: positions counted in the error;
   k: (batch,) the hop count of each sequence (k-hop only).
+
+A task owns its data and its evaluation (the trainer and the grid call these, never `task.name`):
+  sample(key, batch_size)                training batches of fresh sequences
+  train_set(seed, size)                  a fixed training set, where `fixed_training_set` says the task has one
+  test_set(seed, size, k, every_token)   a fixed test set
+  eval_groups(k), eval_batch(key, batch_size, group, every_token): fresh evaluation batches, group by group
+  counts(batch, wrong)                   extra integer counts summed inside the evaluation step
+  results(counts)                        the task's own result entries from those sums (k-hop: errors per k)
+  validate_evaluation(k)                 ValueError for an evaluation setting the task cannot run
+`k` and `every_token` are the evaluation section's k (-1: every k) and error_over == 'all' (k-hop's; Match2
+ignores them).
 """
 
 import dataclasses
@@ -12,6 +24,17 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+SOLVED_ERROR = 0.05  # a k is "solved" when its error is below 5%, as in the paper
+
+
+def max_k_solved(per_k):
+  """Largest k with every k' <= k below SOLVED_ERROR; -1 if none. per_k: {k: error}."""
+  solved = -1
+  while solved + 1 in per_k and per_k[solved + 1] < SOLVED_ERROR:
+    solved += 1
+  return solved
 
 
 def match2_labels(x, modulus):
@@ -98,6 +121,7 @@ class Match2:
   modulus: int = 37
 
   name = 'match2'
+  fixed_training_set = True  # train_set() draws one
 
   def __post_init__(self):
     if self.modulus == 0:
@@ -132,6 +156,27 @@ class Match2:
     """A fixed, label-balanced set of `size` sequences (see `balanced_match2_tokens`)."""
     return self.batch(jnp.asarray(balanced_match2_tokens(seed, size, self.n, self.modulus)))
 
+  def train_set(self, seed, size):
+    return self.balanced_set(seed, size)  # the paper's 10,000 training sequences
+
+  def test_set(self, seed, size, k=-1, every_token=False):
+    return self.balanced_set(seed, size)  # the paper's 256 test sequences
+
+  def eval_groups(self, k=-1):
+    return [0]
+
+  def eval_batch(self, key, batch_size, group, every_token=False):
+    return self.sample(key, batch_size)
+
+  def counts(self, batch, wrong):
+    return {}
+
+  def results(self, counts):
+    return {}
+
+  def validate_evaluation(self, k):
+    pass
+
 
 @dataclasses.dataclass(frozen=True)
 class KHop:
@@ -145,6 +190,7 @@ class KHop:
   max_k: int = 16
 
   name = 'khop'
+  fixed_training_set = False  # fresh sequences only
 
   def validate(self):
     if self.max_k < 0:
@@ -185,6 +231,33 @@ class KHop:
     loss_mask = jnp.broadcast_to(jnp.arange(self.n + 1)[None, :] > 0, tokens.shape)
     eval_mask = loss_mask if every_token else loss_mask & (targets != self.alphabet)
     return {'tokens': tokens, 'targets': targets, 'loss_mask': loss_mask, 'eval_mask': eval_mask, 'k': k}
+
+  def test_set(self, seed, size, k=-1, every_token=False):
+    return self.sample(jax.random.key(seed), size, k=None if k < 0 else k, every_token=every_token)
+
+  def eval_groups(self, k=-1):
+    """One group of fresh batches per k evaluated."""
+    return [k] if k >= 0 else list(range(self.max_k + 1))
+
+  def eval_batch(self, key, batch_size, group, every_token=False):
+    return self.sample(key, batch_size, k=group, every_token=every_token)
+
+  def counts(self, batch, wrong):
+    """Errors and counted tokens per k ((max_k + 1,) each), summed over the batch inside the step, so sharded
+    batches give small replicated sums."""
+    eval_mask = batch['eval_mask']
+    return {'wrong_by_k': jnp.zeros(self.max_k + 1, jnp.int32).at[batch['k']].add(jnp.sum(wrong, -1)),
+            'counted_by_k': jnp.zeros(self.max_k + 1, jnp.int32).at[batch['k']].add(jnp.sum(eval_mask, -1))}
+
+  def results(self, counts):
+    """The error of every k with counted tokens, and the largest k solved."""
+    wrong, counted = np.asarray(counts['wrong_by_k']), np.asarray(counts['counted_by_k'])
+    per_k = {k: float(wrong[k] / counted[k]) for k in range(len(counted)) if counted[k]}
+    return {'eval/max_k_solved': max_k_solved(per_k), **{f'eval/error_k{k}': e for k, e in per_k.items()}}
+
+  def validate_evaluation(self, k):
+    if not -1 <= k <= self.max_k:
+      raise ValueError(f'evaluation.k must be -1 (every k) or in 0..max_k={self.max_k}, got {k}')
 
 
 TASKS = {'match2': Match2, 'khop': KHop}

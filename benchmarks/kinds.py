@@ -1,24 +1,38 @@
-"""What the benchmark measures at one length: each kind's AttentionConfig (built by `anna_jax.attention`, the one
-registry), its analytic FLOPs, and the pairs its quality is judged on (from `anna_jax.oracle`).
+"""What the benchmark measures at one length: each kind's AttentionConfig, its analytic FLOPs and the pairs its
+quality is judged on, all from the kind's registration (`anna_jax.registry`); this module adds the benchmark's
+knobs (Settings) and one variant of its own.
 
-Benchmark kinds are the library's kinds, plus `full_cudnn` (kind 'full' with implementation 'cudnn', GPU only).
+Benchmark kinds are every registered kind, plus `full_cudnn` (kind 'full' with implementation 'cudnn', bfloat16,
+GPU only); a run without --kinds measures those its registration marks `benchmarked` (and full_cudnn on a GPU).
 """
 
 import dataclasses
-import math
 
 from flax import nnx
 
-from anna_jax import oracle
-from anna_jax.anna import ANNAConfig
-from anna_jax.anna_softmax import ANNASoftmaxConfig
+from anna_jax import registry
 from anna_jax.attention import AttentionConfig, make_attention
-from anna_jax.baselines import BlockwiseConfig, FullConfig, LowRankConfig, unit_norm
-from anna_jax.reformer import ReformerConfig
+from anna_jax.baselines import FullConfig
 
-KINDS = ('anna', 'anna_softmax', 'reformer', 'lowrank', 'full', 'full_blockwise', 'full_cudnn')
-EXACT = ('full', 'full_blockwise', 'full_cudnn')
-CPU_KINDS = ('anna', 'anna_softmax', 'reformer', 'lowrank', 'full', 'full_blockwise')
+# Benchmark-only variants of a registered kind: name -> (kind, settings). GPU only: not in cpu_kinds().
+VARIANTS = {'full_cudnn': ('full', FullConfig(implementation='cudnn'))}
+
+
+def kinds():
+  """Every kind the benchmark can run: the registered ones, then the variants."""
+  return registry.names() + tuple(VARIANTS)
+
+
+def default_kinds(backend):
+  """The kinds a run measures unless --kinds names others: the registered kinds marked `benchmarked`, and on an
+  accelerator the variants too (they need a GPU)."""
+  benchmarked = tuple(k.name for k in registry.kinds() if k.benchmarked)
+  return benchmarked if backend == 'cpu' else benchmarked + tuple(VARIANTS)
+
+
+def exact_kinds():
+  """The kinds that compute exact softmax attention: the baselines every speed-up is measured against."""
+  return tuple(name for name in kinds() if registry.get(attention_config_kind(name)).exact)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,73 +68,28 @@ class Settings:
                        f'features and quality_queries must be >= 1, got {small}')
 
 
-def anna_hashes(s, n):
-  """anna (Algorithm 1): z = log2(n / 32), buckets of about 32 keys."""
-  return s.anna_hashes or max(1, round(math.log2(max(n / 32, 2))))
-
-
-def anna_softmax_hashes(s, n):
-  """anna_softmax: buckets of about 8 keys, never past the int32 sort key limit."""
-  if s.num_hashes:
-    return s.num_hashes
-  n_pad = -(-n // s.chunk_size) * s.chunk_size
-  z = max(1, round(math.log2(max(n / 8, 2))))
-  while (2**z + 1) * n_pad >= 2**31:
-    z -= 1
-  return z
-
-
 def attention_config(kind, n, s):
   """The AttentionConfig a benchmark kind runs at length n."""
-  if kind == 'anna':
-    return AttentionConfig(kind='anna', anna=ANNAConfig(num_tables=s.num_tables, num_hashes=anna_hashes(s, n)))
-  if kind == 'anna_softmax':
-    return AttentionConfig(kind='anna_softmax', anna_softmax=ANNASoftmaxConfig(
-        num_tables=s.num_tables, num_hashes=anna_softmax_hashes(s, n), chunk_size=s.chunk_size, window=s.window,
-        dense_up_to=s.dense_up_to))
-  if kind == 'reformer':
-    buckets = max(2, 2 * round(n / s.reformer_chunk / 2))
-    return AttentionConfig(kind='reformer', reformer=ReformerConfig(
-        num_rounds=s.reformer_rounds, num_buckets=buckets, chunk_size=s.reformer_chunk))
-  if kind == 'lowrank':
-    return AttentionConfig(kind='lowrank', lowrank=LowRankConfig(num_features=s.lowrank_features))
-  if kind == 'full_blockwise':
-    return AttentionConfig(kind='full_blockwise', full_blockwise=BlockwiseConfig(block=s.block))
-  return AttentionConfig(kind='full', full=FullConfig(implementation='cudnn' if kind == 'full_cudnn' else ''))
+  if kind in VARIANTS:
+    base, settings = VARIANTS[kind]
+    return AttentionConfig(kind=base, **{base: settings})
+  spec = registry.get(kind)
+  return AttentionConfig(kind=kind, **{kind: spec.at_length(n, s)})
 
 
 def describe(config):
   """One line of a kind's setting, e.g. 'l=8 z=9'."""
-  c = config.settings
-  return {'anna': lambda: f'l={c.num_tables} z={c.num_hashes}',
-          'anna_softmax': lambda: f'l={c.num_tables} z={c.num_hashes} chunk={c.chunk_size} window={c.window}',
-          'reformer': lambda: f'rounds={c.num_rounds} buckets={c.num_buckets} chunk={c.chunk_size}',
-          'lowrank': lambda: f'features={c.num_features}',
-          'full_blockwise': lambda: f'block={c.block}',
-          'full': lambda: c.implementation}[config.kind]()
+  return registry.get(config.kind).setting(config.settings)
 
 
 def analytic_flops(config, n, batch, heads, d, attended_pairs=None):
-  """Forward FLOPs (multiply-add = 2), per the algorithm, not per XLA's lowering.
-
-  full*: 4 n^2 d (q.k and p.v); lowrank: 8 n m d (features of q and k, k^T v, q (k^T v)); anna: 4 n d z l
-  (hashing q and k) + 2 n d l (scatter-add and gather); anna_softmax: 4 n d z l + 4 d P (q.k and p.v over the P
-  pairs scored: the (query, key, table) collisions inside the windows, counted in the run, `attended_pairs`;
-  without it the windows' bound P = n W l, which counts window slots that hold no collision: at 1K that bound
-  came to 134% of the measured matmul peak); reformer: 2 n d (B / 2) r (hashing) + 8 n c d r (chunks of c
-  against 2c keys).
-  """
-  rows, c = batch * heads, config.settings
-  if config.kind in ('full', 'full_blockwise'):
-    return rows * 4.0 * n * n * d
-  if config.kind == 'lowrank':
-    return rows * 8.0 * n * c.num_features * d
-  if config.kind == 'anna':
-    return rows * (4.0 * n * d * c.num_hashes * c.num_tables + 2.0 * n * d * c.num_tables)
-  if config.kind == 'anna_softmax':
-    pairs = rows * n * c.window * c.num_tables if attended_pairs is None else attended_pairs
-    return rows * 4.0 * n * d * c.num_hashes * c.num_tables + 4.0 * d * pairs
-  return rows * (2.0 * n * d * c.num_buckets / 2 * c.num_rounds + 8.0 * n * c.chunk_size * d * c.num_rounds)
+  """Forward FLOPs (multiply-add = 2) of the kind's registration (`Kind.flops`), per the algorithm, not per XLA's
+  lowering; attended_pairs: the pairs a measured run scored, over every (batch, head) row. NaN if uncounted."""
+  flops = registry.get(config.kind).flops
+  if flops is None:
+    return float('nan')
+  rows = batch * heads
+  return rows * flops(config.settings, n, d, None if attended_pairs is None else attended_pairs / rows)
 
 
 @dataclasses.dataclass
@@ -136,24 +105,36 @@ class Kind:
 def make_kind(kind, n, key, s):
   """The attention module of `kind` at length n (hash functions drawn from `key`), as a pure function."""
   config = attention_config(kind, n, s)
+  spec = registry.get(config.kind)
   module = make_attention(config, s.heads, s.head_dim, rngs=nnx.Rngs(key))
   graphdef, state = nnx.split(module)
 
   def fn(q, k, v):
     return nnx.merge(graphdef, state)(q, k, v, causal=s.causal)
 
-  allowed = None
-  if config.kind in ('anna_softmax', 'reformer'):
-    projections = module.hashes.projections[...]
+  def allowed(positions, q, k):
+    return spec.allowed(module, positions, q, k, s.causal)
 
-    def allowed(positions, q, k):
-      if config.kind == 'reformer':  # shared QK: the keys are the queries
-        return oracle.reformer_allowed(q, projections, positions, causal=s.causal)
-      return oracle.collision_counts(q, k, projections, config.anna_softmax.family, causal=s.causal,
-                                     positions=positions) > 0
-  return Kind(fn, describe(config), analytic_flops(config, n, s.batch, s.heads, s.head_dim), allowed, config)
+  return Kind(fn, describe(config), analytic_flops(config, n, s.batch, s.heads, s.head_dim),
+              allowed if spec.allowed else None, config)
 
 
 def keys_of(kind, q, k):
-  """The keys a kind's quality reference scores against: Reformer's are its unit-normalised queries."""
-  return unit_norm(q) if kind == 'reformer' else k
+  """The keys a kind's quality reference scores against (Reformer's are its unit-normalised queries)."""
+  reference_keys = registry.get(attention_config_kind(kind)).reference_keys
+  return reference_keys(q, k) if reference_keys else k
+
+
+def attention_config_kind(kind):
+  """The registered kind a benchmark kind runs."""
+  return VARIANTS.get(kind, (kind,))[0]
+
+
+def judged(kind):
+  """Whether the benchmark measures the kind's relative error against exact softmax over its allowed pairs."""
+  return registry.get(attention_config_kind(kind)).judged
+
+
+def loop_free(kind):
+  """Whether XLA's cost analysis counts the kind's FLOPs right (no loops in its graph)."""
+  return registry.get(attention_config_kind(kind)).loop_free

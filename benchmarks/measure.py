@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import oracle
-from benchmarks.kinds import analytic_flops, keys_of, make_kind
+from benchmarks.kinds import analytic_flops, judged, keys_of, loop_free, make_kind
 
 MODES = ('forward', 'train')  # train = forward + backward (gradients of q, k, v)
 
@@ -146,7 +146,7 @@ def measure(s, kind, mode, n, budget, peak_gflops, trace_dir=None):
   if memory is not None:
     record.peak_bytes = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes +
                             memory.output_size_in_bytes - memory.alias_size_in_bytes)
-  if kind in ('full', 'full_cudnn', 'lowrank'):  # no loops: XLA's count is right
+  if loop_free(kind):  # no loops: XLA's count is right
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     record.xla_flops = float((cost or {}).get('flops', float('nan')))
@@ -169,8 +169,9 @@ def measure(s, kind, mode, n, budget, peak_gflops, trace_dir=None):
         jax.block_until_ready(compiled(q, k, v))
     if mode == 'forward':  # quality, outside the timed calls
       quality(record, spec, s, q, k, v, keys[4])
-    if spec.config.kind == 'anna_softmax':  # FLOPs of the pairs the kernels score, counted in this run
-      pairs = float(jax.jit(spec.fn)(q, k, v)[1]['attended_pairs'])
+    stats = jax.jit(spec.fn)(q, k, v)[1]
+    if 'attended_pairs' in stats:  # FLOPs of the pairs the kernels score, counted in this run
+      pairs = float(stats['attended_pairs'])
       record.analytic_flops = (3.0 if mode == 'train' else 1.0) * analytic_flops(
           spec.config, n, s.batch, s.heads, s.head_dim, attended_pairs=pairs)
   except Exception as e:  # noqa: BLE001 -- out of memory at run time is recorded and the sweep goes on
@@ -187,7 +188,7 @@ def quality(record, spec, s, q, k, v, key):
   for name in ('dropped_fraction', 'no_collision_fraction', 'mean_collisions'):
     if name in stats:
       setattr(record, name, float(stats[name]))
-  if record.kind in ('anna_softmax', 'reformer', 'lowrank', 'full_blockwise'):
+  if judged(record.kind):
     n = q.shape[1]
     positions = jnp.sort(jax.random.choice(key, n, (min(s.quality_queries, n),), replace=False))
     error = jax.jit(functools.partial(relative_error, record.kind, allowed=spec.allowed, causal=s.causal))

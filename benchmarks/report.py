@@ -10,10 +10,9 @@ import os
 
 import numpy as np
 
-from benchmarks.kinds import EXACT, KINDS
+from anna_jax.tooling import SummaryWriter, write_atomic
+from benchmarks.kinds import exact_kinds, kinds as benchmark_kinds
 from benchmarks.measure import MODES
-from experiments.files import write_atomic
-from experiments.summaries import SummaryWriter
 
 
 def fit_slope(records, kind, mode, low, high):
@@ -29,7 +28,7 @@ def fit_slope(records, kind, mode, low, high):
 def strongest_exact(records, mode, n):
   """The fastest exact kind measured at (mode, n): the baseline every ratio is taken against."""
   times = {r.kind: r.median_seconds for r in records if r.mode == mode and r.n == n and r.status == 'ok'
-           and r.kind in EXACT}
+           and r.kind in exact_kinds()}
   return min(times, key=times.get) if times else None
 
 
@@ -52,7 +51,7 @@ def crossover(records, mode, fast='anna'):
   for n in reversed(lengths):
     ratio = speedup(records, mode, n, fast)
     if math.isnan(ratio):
-      if any(r.kind in EXACT and r.mode == mode and r.n == n for r in records):
+      if any(r.kind in exact_kinds() and r.mode == mode and r.n == n for r in records):
         result = n  # the exact kinds could not run here
         continue
       break
@@ -83,9 +82,9 @@ def format_cell(r):
 def quality_cell(r):
   if r is None or r.status != 'ok':
     return ''
-  if r.kind == 'anna':
-    return f'alone {r.no_collision_fraction:.3f}, {r.mean_collisions:.1f} coll/q'
   parts = []
+  if not math.isnan(r.no_collision_fraction):  # Algorithm 1: queries with no collision, collisions per query
+    parts.append(f'alone {r.no_collision_fraction:.3f}, {r.mean_collisions:.1f} coll/q')
   if not math.isnan(r.dropped_fraction):
     parts.append(f'dropped {r.dropped_fraction:.3f}')
   if not math.isnan(r.relative_error):
@@ -94,8 +93,8 @@ def quality_cell(r):
 
 
 def report(records, device, settings, peak_gflops):
-  kinds = [k for k in KINDS if any(r.kind == k for r in records)]
-  approximate = [k for k in kinds if k not in EXACT]
+  kinds = [k for k in benchmark_kinds() if any(r.kind == k for r in records)]
+  approximate = [k for k in kinds if k not in exact_kinds()]
   lengths = sorted({r.n for r in records})
   modes = [m for m in MODES if any(r.mode == m for r in records)]
   lines = ['# Attention scaling report', '', f'Device: {device}. Matmul peak measured at start: '
@@ -157,7 +156,7 @@ def plot(records, path, device):
 
   fig, (ax, ax_q) = plt.subplots(1, 2, figsize=(12, 4.8))
   for mode, style in (('forward', '-'), ('train', '--')):
-    for kind in KINDS:
+    for kind in benchmark_kinds():
       points = sorted((r.n, r.median_seconds) for r in records if r.kind == kind and r.mode == mode and r.status == 'ok')
       if points:
         ax.loglog(*zip(*points), style, marker='o', markersize=3, label=f'{kind} {mode}')
@@ -166,18 +165,19 @@ def plot(records, path, device):
   ax.set_title(f'Attention cost vs length ({device})', fontsize=8)
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=6)
-  for kind in ('anna_softmax', 'reformer', 'lowrank'):
+  for kind in benchmark_kinds():
     points = [(r.median_seconds, r.relative_error, r.n) for r in records
               if r.kind == kind and r.mode == 'forward' and r.status == 'ok' and not math.isnan(r.relative_error)]
     if points:
       ax_q.loglog([p[0] for p in points], [max(p[1], 1e-8) for p in points], marker='o', label=kind)
       for t, e, n in points:
         ax_q.annotate(f'{n // 1024}K', (t, max(e, 1e-8)), fontsize=6)
-  anna = [(r.median_seconds, r.no_collision_fraction, r.n) for r in records
-          if r.kind == 'anna' and r.mode == 'forward' and r.status == 'ok']
-  if anna:
-    ax_q.loglog([p[0] for p in anna], [max(p[1], 1e-8) for p in anna], marker='s',
-                label='anna (fraction of queries with no collision)')
+  for kind in benchmark_kinds():
+    alone = [(r.median_seconds, r.no_collision_fraction, r.n) for r in records if r.kind == kind and
+             r.mode == 'forward' and r.status == 'ok' and not math.isnan(r.no_collision_fraction)]
+    if alone:
+      ax_q.loglog([p[0] for p in alone], [max(p[1], 1e-8) for p in alone], marker='s',
+                  label=f'{kind} (fraction of queries with no collision)')
   ax_q.set_xlabel('forward seconds')
   ax_q.set_ylabel('relative error vs exact attention over allowed pairs')
   ax_q.set_title('Quality against time (labels: n)', fontsize=8)
@@ -196,7 +196,8 @@ def write_outputs(records, outdir, device, settings, peak_gflops):
   csv_writer.writeheader()
   csv_writer.writerows(rows)
   write_atomic(os.path.join(outdir, 'scaling.csv'), table.getvalue())
-  slopes = {f'{kind}/{mode}': fit_slope(records, kind, mode, 4096, 262144) for kind in KINDS for mode in MODES}
+  slopes = {f'{kind}/{mode}': fit_slope(records, kind, mode, 4096, 262144)
+            for kind in benchmark_kinds() for mode in MODES}
   summary = {'device': device, 'settings': settings, 'matmul_peak_gflops': peak_gflops, 'records': rows,
              'slopes_4k_256k': {key: None if math.isnan(x) else x for key, x in slopes.items()},
              'crossover': {mode: crossover(records, mode) for mode in MODES}}

@@ -35,15 +35,15 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from benchmarks import measure, report
-from benchmarks.kinds import CPU_KINDS, KINDS, Settings
+from benchmarks.kinds import Settings, default_kinds, kinds as benchmark_kinds
 from benchmarks.measure import MODES
-from experiments import cli
+from anna_jax import tooling
 
 CPU_LENGTHS = tuple(2**p for p in range(10, 19))  # 1K .. 256K
 ACCELERATOR_LENGTHS = tuple(2**p for p in range(10, 21))  # 1K .. 1M
 
-_KINDS = flags.DEFINE_list('kinds', [], f'Attention kinds, from {KINDS}; default: all but full_cudnn on CPU, '
-                           'all on GPU.')
+_KINDS = flags.DEFINE_list('kinds', [], f'Attention kinds, from {benchmark_kinds()}; default: those registered '
+                           'as benchmarked (and full_cudnn on a GPU).')
 _MODES = flags.DEFINE_list('modes', list(MODES), f'From {MODES}.')
 _LENGTHS = flags.DEFINE_list('lengths', [], 'Sequence lengths; default 1K..256K on CPU, 1K..1M on GPU/TPU.')
 _BATCH = flags.DEFINE_integer('batch', 1, 'Batch size.')
@@ -94,16 +94,16 @@ def settings_from_flags():
 
 
 def fail(message):
-  cli.fail(message, 'anna-jax benchmark')
+  tooling.fail(message, 'anna-jax benchmark')
 
 
 def main(argv):
-  cli.quiet_console()
+  tooling.quiet_console()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
-  unknown = sorted(set(_KINDS.value) - set(KINDS)) + sorted(set(_MODES.value) - set(MODES))
+  unknown = sorted(set(_KINDS.value) - set(benchmark_kinds())) + sorted(set(_MODES.value) - set(MODES))
   if unknown:
-    fail(f'unknown kinds or modes: {unknown}; kinds are {KINDS}, modes {MODES}')
+    fail(f'unknown kinds or modes: {unknown}; kinds are {benchmark_kinds()}, modes {MODES}')
   try:
     lengths = [int(n) for n in _LENGTHS.value]
   except ValueError:
@@ -113,12 +113,12 @@ def main(argv):
       raise ValueError('lengths must be >= 1')
     s = settings_from_flags()
   except ValueError as e:
-    fail(cli.first_line(e))
-  cli.writable_dir(_OUTDIR.value, 'anna-jax benchmark')
+    fail(tooling.first_line(e))
+  tooling.writable_dir(_OUTDIR.value, 'anna-jax benchmark')
   backend = jax.devices()[0].platform
   kept = _KEEP_FREED.value and backend == 'cpu' and measure.keep_freed_memory()
   lengths = lengths or list(CPU_LENGTHS if backend == 'cpu' else ACCELERATOR_LENGTHS)
-  kinds = _KINDS.value or list(CPU_KINDS if backend == 'cpu' else KINDS)
+  kinds = _KINDS.value or list(default_kinds(backend))
   device = f'{measure.device_name()} ({backend}, {jax.device_count()} device(s) visible, 1 used)'
   settings = dict(dataclasses.asdict(s), anna_hashes=s.anna_hashes or 'log2(n/32)',
                   num_hashes=s.num_hashes or 'log2(n/8)', jax=jax.__version__, malloc_keeps_freed_memory=kept)
@@ -150,4 +150,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser('anna-jax benchmark'))
+  app.run(main, flags_parser=tooling.flags_parser('anna-jax benchmark'))

@@ -31,7 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from anna_jax import sequence_parallel  # noqa: E402
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections  # noqa: E402
-from experiments import cli  # noqa: E402
+from anna_jax import tooling  # noqa: E402
 
 _LENGTHS = flags.DEFINE_list('lengths', [str(2**p) for p in range(16, 21)], 'Sequence lengths (64K .. 1M).')
 _HEADS = flags.DEFINE_integer('heads', 1, 'Attention heads.')
@@ -110,19 +110,19 @@ def report(records):
 
 
 def main(argv):
-  cli.quiet_console()
+  tooling.quiet_console()
   if len(argv) > 1:
-    cli.fail(f'unexpected arguments: {" ".join(argv[1:])}', PROGRAM)
+    tooling.fail(f'unexpected arguments: {" ".join(argv[1:])}', PROGRAM)
   try:
     lengths = sorted(int(n) for n in _LENGTHS.value)
   except ValueError:
-    cli.fail(f'--lengths must be integers, got {_LENGTHS.value}', PROGRAM)
+    tooling.fail(f'--lengths must be integers, got {_LENGTHS.value}', PROGRAM)
   devices = jax.device_count()
   bad = [n for n in lengths if n < 64 * devices or n % devices]
   if bad or min(_HEADS.value, _HEAD_DIM.value, _TABLES.value, _REPEATS.value) < 1:
-    cli.fail(f'lengths must be multiples of the {devices} devices and at least {64 * devices} (got {bad}); heads, '
+    tooling.fail(f'lengths must be multiples of the {devices} devices and at least {64 * devices} (got {bad}); heads, '
              'head_dim, num_tables and repeats at least 1', PROGRAM)
-  cli.writable_dir(_OUTDIR.value, PROGRAM)
+  tooling.writable_dir(_OUTDIR.value, PROGRAM)
   mesh = jax.make_mesh((devices,), ('seq',))
   records = []
   with open(os.path.join(_OUTDIR.value, 'traffic.jsonl'), 'w') as f:
@@ -140,4 +140,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser(PROGRAM))
+  app.run(main, flags_parser=tooling.flags_parser(PROGRAM))

@@ -3,10 +3,10 @@ dataclasses (each `Cls(**section)`), validated once, here.
 
 Sections (experiments/configs/default.py sets every field):
   seed                      model init, hash functions, the data streams
-  task.name                 'khop' or 'match2'; task.khop, task.match2: the fields of anna_jax.tasks.KHop / Match2
+  task.name                 a key of anna_jax.tasks.TASKS ('khop', 'match2'); task.<name>: that task's fields
   model                     anna_jax.model.TransformerConfig (vocab, classes and length come from the task)
-  attention.kind            one of anna_jax.attention.KINDS; attention.<kind>: that kind's dataclass (every kind
-                            has one: full, full_blockwise, unit_softmax, anna, anna_softmax, lowrank, reformer)
+  attention.kind            a registered kind (anna_jax.registry); attention.<kind>: that kind's settings dataclass
+                            (every registered kind has one: full, full_blockwise, unit_softmax, anna, ...)
   attention.per_layer       () or one dict per layer of overrides of the attention section, dotted below it, e.g.
                             ({'kind': 'full'}, {'kind': 'anna_softmax', 'anna_softmax.num_tables': 8})
   train, optim, evaluation  TrainConfig, OptimConfig, EvalConfig below
@@ -24,17 +24,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from anna_jax.anna import ANNAConfig
-from anna_jax.anna_softmax import ANNASoftmaxConfig
-from anna_jax.attention import KINDS, AttentionConfig
-from anna_jax.baselines import BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig
+from anna_jax import registry
+from anna_jax.attention import AttentionConfig
 from anna_jax.model import TransformerConfig
-from anna_jax.reformer import ReformerConfig
 from anna_jax.tasks import TASKS
 
-ATTENTION_SECTIONS = {'full': FullConfig, 'full_blockwise': BlockwiseConfig, 'unit_softmax': UnitSoftmaxConfig,
-                      'anna': ANNAConfig, 'anna_softmax': ANNASoftmaxConfig, 'lowrank': LowRankConfig,
-                      'reformer': ReformerConfig}
 # The model section holds every TransformerConfig field but these, which come from the task and the attention section.
 FROM_TASK_AND_ATTENTION = ('vocab_size', 'num_classes', 'max_len', 'attention', 'layer_attention')
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(TransformerConfig) if f.name not in FROM_TASK_AND_ATTENTION)
@@ -101,8 +95,8 @@ class EvalConfig:
   error_over: str = 'answers'  # k-hop: count errors on 'answers' (targets other than "none") or 'all' tokens
 
   def __post_init__(self):
-    if self.attention and self.attention not in KINDS:
-      raise ValueError(f'evaluation.attention must be empty or one of {KINDS}, got {self.attention!r}')
+    if self.attention and self.attention not in registry.names():
+      raise ValueError(f'evaluation.attention must be empty or one of {registry.names()}, got {self.attention!r}')
     check_at_least('evaluation', self, 1, ('every', 'batches'))
     check_at_least('evaluation', self, 0, ('test_size',))
     if self.error_over not in ('answers', 'all'):
@@ -147,6 +141,25 @@ def section(cls, **overrides):
   if unknown:
     raise KeyError(f'{cls.__name__} has no field {sorted(unknown)}')
   return ml_collections.ConfigDict({**values, **overrides})
+
+
+def model_section(**overrides):
+  """The model section: every TransformerConfig field the config sets (MODEL_FIELDS), at its default or the
+  override."""
+  unknown = sorted(set(overrides) - set(MODEL_FIELDS))
+  if unknown:
+    raise KeyError(f'TransformerConfig has no config field {unknown}')
+  defaults = {f.name: f.default for f in dataclasses.fields(TransformerConfig) if f.name in MODEL_FIELDS}
+  return ml_collections.ConfigDict({**defaults, **overrides})
+
+
+def attention_sections(**overrides):
+  """The attention section: kind 'full', no per-layer overrides and one section per registered kind at its
+  defaults; overrides: {kind: {field: value}}."""
+  c = ml_collections.ConfigDict({'kind': 'full', 'per_layer': ()})
+  for kind in registry.kinds():
+    c[kind.name] = section(kind.config, **overrides.get(kind.name, {}))
+  return c
 
 
 def with_sweep_axes(c):
@@ -225,7 +238,10 @@ def is_used(c, path):
 
 def attention_config(section_, **kind_override):
   """AttentionConfig(kind, <kind>=Cls(**section.<kind>), ...) from an attention section (a ConfigDict)."""
-  sections = {name: cls(**section_[name]) for name, cls in ATTENTION_SECTIONS.items()}
+  missing = [kind.name for kind in registry.kinds() if kind.name not in section_]
+  if missing:
+    raise KeyError(f"'attention.{missing[0]}': the config has no section for the registered kind {missing[0]!r}")
+  sections = {kind.name: kind.config(**section_[kind.name]) for kind in registry.kinds()}
   return AttentionConfig(kind=kind_override.get('kind', section_.kind), **sections)
 
 
@@ -273,10 +289,9 @@ def build(c):
     raise ValueError(f'optim.warmup_steps {optim.warmup_steps} exceeds train.steps {train.steps}')
   if train.init_from and not os.path.isdir(os.path.join(train.init_from, 'checkpoints')):
     raise ValueError(f'train.init_from: {train.init_from} is no run directory (it has no checkpoints/)')
-  if train.train_size and task.name != 'match2':
-    raise ValueError('a fixed training set (train.train_size > 0) is only defined for match2')
-  if task.name == 'khop' and not -1 <= evaluation.k <= task.max_k:
-    raise ValueError(f'evaluation.k must be -1 (every k) or in 0..max_k={task.max_k}, got {evaluation.k}')
+  if train.train_size and not task.fixed_training_set:
+    raise ValueError(f'a fixed training set (train.train_size > 0) is not defined for {task.name}')
+  task.validate_evaluation(evaluation.k)
   devices = train.num_devices or jax.device_count()
   if devices > jax.device_count() or devices % train.sequence_devices:
     raise ValueError(f'{devices} devices ({jax.device_count()} available) must split into groups of '
@@ -305,6 +320,6 @@ def grid_model(experiment, tables, num_hashes):
   layers = []
   for i, t in enumerate(tables):
     layer = experiment.model.attention_of(i)
-    layers.append(dataclasses.replace(layer, kind='anna', anna=dataclasses.replace(layer.anna, num_tables=t,
-                                                                                   num_hashes=num_hashes)))
+    layers.append(layer.replace(kind='anna', anna=dataclasses.replace(layer.anna, num_tables=t,
+                                                                      num_hashes=num_hashes)))
   return dataclasses.replace(experiment.model, layer_attention=tuple(layers))

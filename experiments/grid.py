@@ -1,6 +1,6 @@
 """Train once, evaluate on a grid: a trained run's checkpoint evaluated with ANNA (Algorithm 1) swapped in.
 
-  python -m experiments.grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
+  python -m experiments.main --mode=grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
 
 For every finished run of the config's sweep (e.g. one per surrogate beta), the latest checkpoint's trained
 parameters are evaluated on the run's fixed test set with `anna` in every attention layer, over
@@ -25,9 +25,9 @@ from absl import logging
 from flax import nnx
 
 from anna_jax.model import Transformer
-from experiments import experiment, plots, records, sweep, train
-from experiments.files import write_atomic
-from experiments.summaries import SummaryWriter
+from anna_jax.tooling import SummaryWriter, write_atomic
+from experiments import checkpoints, experiment, metrics, plots, records, sweep
+from experiments.evaluation import Evaluator
 
 
 def validate(config):
@@ -58,40 +58,25 @@ def cell_key(run, step, tables, z, settings):
   return json.dumps([run, step, list(tables), z, settings], sort_keys=True, default=str)
 
 
-def read_rows(path):
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
-  return rows
-
-
 class RunEvaluator:
-  """The trained parameters and fixed test set of one run, and a compiled evaluation per grid cell."""
+  """The trained model of one run (its latest checkpoint), its Evaluator's test set, and a compiled evaluation
+  per grid cell."""
 
   def __init__(self, x, run_dir):
     records.check(run_dir, x, what='grid')  # the checkpoint was trained with this config's training fields
     self.x = x
-    self.trainer = train.Trainer(x)
-    manager = train.checkpoint_manager(x, run_dir)
-    state, self.step = train.restore_latest(manager, self.trainer.initial_state)
-    manager.close()
-    if not self.step:
-      raise ValueError(f'{run_dir} has no checkpoint')
-    model, _ = nnx.merge(self.trainer.graphdef, state)
+    self.evaluator = Evaluator(x)
+    model, self.step = checkpoints.trained_model(x, run_dir)  # trained Params and hash functions
     self.params = nnx.state(model, nnx.Param)
-    self.test_set, self.max_k = self.trainer.test_set, self.trainer.max_k
-    self.surrogate_error = self.error(model)[0]
-
-  def error(self, model):
-    with jax.set_mesh(self.trainer.mesh):  # sequences split as in training (train.sequence_devices)
-      metrics = jax.device_get(jax.jit(lambda m, batch: train.loss_and_metrics(m, batch, self.max_k)[1])(
-          model, self.test_set))
-    return int(metrics['wrong']) / max(int(metrics['counted']), 1), metrics
+    self.test_set = self.evaluator.test_set
+    with jax.set_mesh(self.evaluator.mesh):  # sequences split as in training (train.sequence_devices)
+      self.surrogate_error = metrics.error(jax.device_get(jax.jit(
+          lambda m, batch: metrics.loss_and_metrics(m, batch)[1])(model, self.test_set)))
 
   def cell(self, tables, z, draws, seed):
     """Per draw of `draws` hash draws with anna (`tables[i]` tables in layer i): errors, no-collision
-    fractions, (key, table) collisions per query (both averaged over layers), and k-hop's errors per k."""
+    fractions, (key, table) collisions per query (both averaged over layers), and the task's results (k-hop:
+    errors per k)."""
     model_config = experiment.grid_model(self.x, tables, z)
 
     def hash_functions(d):  # the non-Param state (hash functions) of a fresh model; its Params are unused
@@ -101,38 +86,36 @@ class RunEvaluator:
 
     @jax.jit  # compiled once per cell, reused by every draw
     def evaluate(rest, batch):
-      return train.loss_and_metrics(nnx.merge(graphdef, self.params, rest), batch, self.max_k)[1]
+      return metrics.loss_and_metrics(nnx.merge(graphdef, self.params, rest), batch, self.x.task)[1]
 
-    errors, lonely, collisions, by_k = [], [], [], []
+    errors, lonely, collisions, results = [], [], [], []
     for d in range(draws):
-      with jax.set_mesh(self.trainer.mesh):
-        metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
-      errors.append(int(metrics['wrong']) / max(int(metrics['counted']), 1))
-      lonely.append(float(metrics['no_collision_fraction']))
-      collisions.append(float(metrics['mean_collisions']))
-      if self.max_k is not None:
-        by_k.append(train.errors_by_k(metrics))
-    return errors, lonely, collisions, by_k
+      with jax.set_mesh(self.evaluator.mesh):
+        cell_metrics = jax.device_get(evaluate(hash_functions(d)[2], self.test_set))
+      errors.append(metrics.error(cell_metrics))
+      lonely.append(float(cell_metrics['no_collision_fraction']))
+      collisions.append(float(cell_metrics['mean_collisions']))
+      results.append(metrics.evaluation_result([cell_metrics], self.x.task))
+    return errors, lonely, collisions, results
 
 
 def run_grid(config, workdir, points=None):
-  """Evaluates every finished run of the sweep over the grid; returns all rows (resuming from grid.jsonl).
+  """Evaluates every finished run of the sweep over the grid; returns all cells (resuming from grid.jsonl).
   points: `validate(config)` when the caller has built them already."""
   points = points or validate(config)
   path = os.path.join(workdir, 'grid.jsonl')
-  rows = read_rows(path)
-  done = {cell_key(r['run'], r['step'], r['tables'], r['hashes'], r.get('settings')) for r in rows}
+  cells_done = records.read_cells(path)
+  done = {cell_key(c.run, c.step, c.tables, c.hashes, c.settings) for c in cells_done}
   for name, x in points:  # records.StaleRun before any cell if a checkpoint was trained with other settings
     records.check(os.path.join(workdir, 'runs', name), x, what='grid')
   for name, x in points:
     todo = cells(x.grid, x.model.depth)
     settings = cell_settings(x)
-    if not os.path.exists(sweep.result_path(workdir, name)):
+    result = records.read_result(os.path.join(workdir, 'runs', name))
+    if result is None:
       logging.warning('grid: %s has not finished training; skipped', name)
       continue
-    with open(sweep.result_path(workdir, name)) as f:
-      trained_steps = json.load(f)['steps']
-    if all(cell_key(name, trained_steps, t, z, settings) in done for t, z in todo):
+    if all(cell_key(name, result['steps'], t, z, settings) in done for t, z in todo):
       continue
     evaluator = RunEvaluator(x, os.path.join(workdir, 'runs', name))
     logging.info('grid: %s (step %d), surrogate error %.4f; %d cells x %d draws', name, evaluator.step,
@@ -142,40 +125,28 @@ def run_grid(config, workdir, points=None):
       if key in done:
         continue
       t0 = time.perf_counter()
-      errors, lonely, collisions, by_k = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
-      row = {'run': name, 'beta': x.model.attention.unit_softmax.beta, 'attention': x.model.attention.kind,
-             'step': evaluator.step, 'tables': list(tables), 'hashes': z, 'draws': len(errors),
-             'mean': float(np.mean(errors)), 'std': float(np.std(errors)), 'errors': errors,
-             'no_collision_fraction': float(np.mean(lonely)), 'mean_collisions': float(np.mean(collisions)),
-             'surrogate_error': evaluator.surrogate_error,
-             'settings': settings}
-      if by_k:  # k-hop: the error per k, mean over the draws, and the largest k solved by that mean
-        mean_by_k = {k: float(np.mean([d[k] for d in by_k])) for k in by_k[0]}
-        row.update(errors_by_k=mean_by_k, max_k_solved=train.max_k_solved(mean_by_k))
-      row = json.loads(json.dumps(row, default=str))  # as grid.jsonl holds it: a resumed grid returns the same rows
-      rows = [r for r in rows if not same_cell(r, row)] + [row]  # a cell evaluated anew replaces its old row
+      errors, lonely, collisions, results = evaluator.cell(tables, z, x.grid.draws, x.grid.seed)
+      by_k = [metrics.errors_by_k(r) for r in results]
+      mean_by_k = {k: float(np.mean([d[k] for d in by_k])) for k in by_k[0]} if by_k[0] else None
+      cell = records.GridCell.from_row(dict(  # as grid.jsonl holds it: a resumed grid returns the same cells
+          run=name, step=evaluator.step, tables=list(tables), hashes=z, draws=len(errors),
+          mean=float(np.mean(errors)), std=float(np.std(errors)), errors=errors,
+          no_collision_fraction=float(np.mean(lonely)), mean_collisions=float(np.mean(collisions)),
+          surrogate_error=evaluator.surrogate_error, attention=x.model.attention.kind,
+          beta=x.model.attention.unit_softmax.beta, settings=json.loads(json.dumps(settings, default=str)),
+          # k-hop: the error per k, mean over the draws, and the largest k solved by that mean
+          errors_by_k=mean_by_k, max_k_solved=None if mean_by_k is None else metrics.max_k_solved(mean_by_k)))
+      cells_done = [c for c in cells_done if not c.same_cell(cell)] + [cell]  # evaluated anew: replaces the old
       done.add(key)
-      write_atomic(path, ''.join(json.dumps(r, sort_keys=True, default=str) + '\n' for r in rows))
+      records.write_cells(path, cells_done)
       logging.info('grid [%d/%d] tables %s z %d: error %.3f +- %.3f (%.1fs)', i + 1, len(todo), list(tables), z,
-                   row['mean'], row['std'], time.perf_counter() - t0)
-  write_grid_reports(workdir, rows)
-  return rows
-
-
-def same_cell(a, b):
-  return (a['run'], a['step'], list(a['tables']), a['hashes']) == (b['run'], b['step'], list(b['tables']), b['hashes'])
-
-
-def latest_rows(rows):
-  """Rows of each run's latest evaluated checkpoint (a run trained further is evaluated again)."""
-  latest = {}
-  for r in rows:
-    latest[r['run']] = max(latest.get(r['run'], 0), r['step'])
-  return [r for r in rows if r['step'] == latest[r['run']]]
+                   cell.mean, cell.std, time.perf_counter() - t0)
+  write_grid_reports(workdir, cells_done)
+  return cells_done
 
 
 def write_grid_reports(workdir, rows):
-  rows = latest_rows(rows)
+  rows = records.latest_cells(rows)
   if not rows or jax.process_index() != 0:
     return
   write_atomic(os.path.join(workdir, 'grid.md'), grid_markdown(rows))
@@ -188,21 +159,21 @@ def write_grid_reports(workdir, rows):
 
 def grid_markdown(rows):
   lines = ['# Grid evaluation: trained surrogate, ANNA (Algorithm 1) swapped in', '']
-  for run in dict.fromkeys(r['run'] for r in rows):
-    mine = [r for r in rows if r['run'] == run]
+  for run in dict.fromkeys(r.run for r in rows):
+    mine = [r for r in rows if r.run == run]
     first = mine[0]
-    trained = (f'Surrogate ({first["attention"]}, beta={first["beta"]:g})' if first['attention'] == 'unit_softmax'
-               else f'The trained model ({first["attention"]}, as trained)')
-    lines += [f'## {run}', '', f'{trained} error on the same test set: {first["surrogate_error"]:.4f}. Cells: '
-              f'mean +- std over {first["draws"]} hash draws, checkpoint step {first["step"]}.', '']
+    trained = (f'Surrogate ({first.attention}, beta={first.beta:g})' if first.attention == 'unit_softmax'
+               else f'The trained model ({first.attention}, as trained)')
+    lines += [f'## {run}', '', f'{trained} error on the same test set: {first.surrogate_error:.4f}. Cells: '
+              f'mean +- std over {first.draws} hash draws, checkpoint step {first.step}.', '']
     if plots.same_tables_every_layer(mine):
-      hashes = sorted({r['hashes'] for r in mine})
-      label = 'tables (every layer)' if len(first['tables']) > 1 else 'tables'
+      hashes = sorted({r.hashes for r in mine})
+      label = 'tables (every layer)' if len(first.tables) > 1 else 'tables'
       lines += [f'| {label} | ' + ' | '.join(f'z={z}' for z in hashes) + ' |', '|---|' + '---|' * len(hashes)]
-      by = {(r['tables'][0], r['hashes']): r for r in mine}
-      for t in sorted({r['tables'][0] for r in mine}):
+      by = {(r.tables[0], r.hashes): r for r in mine}
+      for t in sorted({r.tables[0] for r in mine}):
         cells_ = [by.get((t, z)) for z in hashes]
-        lines.append(f'| {t} | ' + ' | '.join(f'{r["mean"]:.3f} +- {r["std"]:.3f}' if r else '' for r in cells_) + ' |')
+        lines.append(f'| {t} | ' + ' | '.join(f'{r.mean:.3f} +- {r.std:.3f}' if r else '' for r in cells_) + ' |')
     else:
       best = plots.best_over_hashes(mine)
       rows_t = sorted({k[0] for k in best})
@@ -211,12 +182,7 @@ def grid_markdown(rows):
                 '| l1 \\ l2 | ' + ' | '.join(map(str, cols_t)) + ' |', '|---|' + '---|' * len(cols_t)]
       for a in rows_t:
         cells_ = [best.get((a, b)) for b in cols_t]
-        lines.append(f'| {a} | ' + ' | '.join(f'{r["mean"]:.3f} (z={r["hashes"]})' if r else '' for r in cells_) + ' |')
+        lines.append(f'| {a} | ' + ' | '.join(f'{r.mean:.3f} (z={r.hashes})' if r else '' for r in cells_) + ' |')
     lines.append('')
   return '\n'.join(lines) + '\n'
 
-
-if __name__ == '__main__':
-  from experiments import main
-
-  main.run_cli(mode='grid')

@@ -24,9 +24,8 @@ from absl import app, flags
 from anna_jax import khop_construction
 from anna_jax.anna import ANNAConfig
 from anna_jax.tasks import khop_targets
-from experiments import grid, plots
-from experiments.cli import fail, flags_parser, quiet_console, writable_dir
-from experiments.files import write_atomic
+from anna_jax.tooling import fail, flags_parser, quiet_console, writable_dir, write_atomic
+from experiments import plots, records
 from experiments.match2_construction import cost, plot_times, timed
 
 
@@ -218,7 +217,7 @@ def main(argv):
   out = FLAGS['out'].value
   writable_dir(out, 'khop_construction')
   path = os.path.join(out, 'results.jsonl')
-  rows = grid.read_rows(path)
+  rows = records.read_jsonl(path)
   done = {row_key(r) for r in rows}
   for alphabet in alphabets:
     for e in exponents:

@@ -18,9 +18,9 @@ import re
 import numpy as np
 from absl import app, flags
 
-from experiments import grid, train
-from experiments.cli import fail, flags_parser
-from experiments.files import write_atomic
+from anna_jax import registry
+from anna_jax.tooling import fail, flags_parser, write_atomic
+from experiments import metrics, records
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/khop_depth_table', 'The sweep workdir (runs/ and grid.jsonl).')
 _OUT = flags.DEFINE_string('out', '', 'Where khop_table.md and khop_table.png go (default: the workdir).')
@@ -30,14 +30,6 @@ _FIXED = flags.DEFINE_list('fixed_cell', ['16', '4'], 'The fixed grid cell repor
 # Sanford, Hsu, Telgarsky (ICML 2024), full attention, N = 100, width 128, 4 heads, 100k steps: the largest k
 # with error < 5% at depth 2..6 (../shared/SPEC.md).
 SANFORD_FULL = {2: 1, 3: 3, 4: 5, 5: 8, 6: 15}
-THEORY = {
-    'full': 'depth O(log k): k solved can double per layer (Sanford et al.)',
-    'unit_softmax': 'as full attention (a softmax attention over unit-norm q, k)',
-    'anna': 'depth O(log k) (Theorem 5.6): as full attention',
-    'anna_softmax': 'no theorem; ANNA-like sparsity, so O(log k) is the hope',
-    'reformer': 'O(1) bucket size needs Omega(log N) layers (Appendix E)',
-    'lowrank': 'depth Omega(k) unless width Omega(N / k^6) (Sanford et al.)',
-}
 
 
 def variant(name):
@@ -45,23 +37,14 @@ def variant(name):
   return re.sub(r'-depth=\d+', '', name.removeprefix('khop-'))
 
 
-def errors_of(result):
-  return {int(key.removeprefix('eval/error_k')): value for key, value in result.items()
-          if key.startswith('eval/error_k')}
-
-
 def trained_panels(workdir):
   """({variant: {depth: {k: error}}}, [every finished run's result, with its name]) from the runs' result.json."""
   panels, results = {}, []
   runs = os.path.join(workdir, 'runs')
   for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
-    path = os.path.join(runs, name, 'result.json')
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      result = json.load(f)
-    if result.get('task.name') == 'khop' and result.get('status') == 'done':
-      panels.setdefault(variant(name), {})[result['model.depth']] = errors_of(result)
+    result = records.read_result(os.path.join(runs, name))
+    if result and result.get('task.name') == 'khop' and result.get('status') == 'done':
+      panels.setdefault(variant(name), {})[result['model.depth']] = metrics.errors_by_k(result)
       results.append({'name': name, **result})
   return panels, results
 
@@ -69,22 +52,22 @@ def trained_panels(workdir):
 def grid_panels(workdir, fixed_tables, fixed_hashes):
   """{variant: {depth: {k: error}}} of `anna` swapped into the surrogates: the best cell per depth (lowest mean
   error) and the fixed cell; and {(variant, depth): the best cell's (tables, hashes)}."""
-  rows = grid.latest_rows(grid.read_rows(os.path.join(workdir, 'grid.jsonl')))
+  cells = records.latest_cells(records.read_cells(os.path.join(workdir, 'grid.jsonl')))
   panels, winners = {}, {}
-  for run in dict.fromkeys(r['run'] for r in rows):
-    mine = [r for r in rows if r['run'] == run and 'errors_by_k' in r]
+  for run in dict.fromkeys(c.run for c in cells):
+    mine = [c for c in cells if c.run == run and c.errors_by_k is not None]
     if not mine:
       continue
-    depth = len(mine[0]['tables'])
+    depth = mine[0].field('model.depth', mine[0].depth)
     source = variant(run)
-    best = min(mine, key=lambda r: r['mean'])
+    best = min(mine, key=lambda c: c.mean)
     label = f'anna best cell <- {source}'
-    panels.setdefault(label, {})[depth] = {int(k): e for k, e in best['errors_by_k'].items()}
-    winners[(label, depth)] = (best['tables'][0], best['hashes'])
-    fixed = [r for r in mine if set(r['tables']) == {fixed_tables} and r['hashes'] == fixed_hashes]
+    panels.setdefault(label, {})[depth] = dict(best.errors_by_k)
+    winners[(label, depth)] = (best.tables[0], best.hashes)
+    fixed = [c for c in mine if set(c.tables) == {fixed_tables} and c.hashes == fixed_hashes]
     if fixed:
       fixed_label = f'anna l={fixed_tables} z={fixed_hashes} <- {source}'
-      panels.setdefault(fixed_label, {})[depth] = {int(k): e for k, e in fixed[0]['errors_by_k'].items()}
+      panels.setdefault(fixed_label, {})[depth] = dict(fixed[0].errors_by_k)
   return panels, winners
 
 
@@ -126,17 +109,16 @@ def heat_maps(panels):
   return buffer.getvalue()
 
 
-KIND_ORDER = ('full', 'unit_softmax', 'anna', 'anna_softmax', 'reformer', 'lowrank')
-
-
 def kind_of(name):
-  """The attention kind of a panel ('anna best cell <- unit_softmax-beta=8' is anna)."""
+  """The attention kind of a panel ('anna best cell <- unit_softmax-beta=8' is anna); '' if none."""
   head = name.split(' <- ')[0]
-  return max((k for k in KIND_ORDER if head.startswith(k)), key=len, default='')
+  return max((k for k in registry.names() if head.startswith(k)), key=len, default='')
 
 
 def ordered(panels):
-  return dict(sorted(panels.items(), key=lambda item: (KIND_ORDER.index(kind_of(item[0])), item[0])))
+  """Panels by kind in registration order (the kinds' columns), then by name."""
+  order = {name: i for i, name in enumerate(registry.names())}
+  return dict(sorted(panels.items(), key=lambda item: (order.get(kind_of(item[0]), len(order)), item[0])))
 
 
 def markdown(panels, winners):
@@ -152,13 +134,14 @@ def markdown(panels, winners):
       if d not in panels[name]:
         cells.append('')
         continue
-      solved = str(train.max_k_solved(panels[name][d]))
+      solved = str(metrics.max_k_solved(panels[name][d]))
       if (name, d) in winners:
         solved += ' (l={}, z={})'.format(*winners[(name, d)])
       cells.append(solved)
     lines.append(f'| {d} | ' + ' | '.join(cells) + f' | {SANFORD_FULL.get(d, "")} |')
   lines += ['', '## What the theory predicts', '']
-  lines += [f'- {kind}: {THEORY[kind]}' for kind in dict.fromkeys(kind_of(n) for n in names) if kind in THEORY]
+  lines += [f'- {kind}: {registry.get(kind).theory}' for kind in dict.fromkeys(kind_of(n) for n in names)
+            if kind and registry.get(kind).theory]
   lines += ['', '## Error per (depth, k), percent', '']
   for name in names:
     ks = sorted({k for p in panels[name].values() for k in p})

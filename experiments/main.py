@@ -1,18 +1,19 @@
-"""Runs a sweep (or a single run) of the config given by --config, then its grid evaluation if it has one.
+"""The runner's one command line: trains a sweep (or a single run) of the config given by --config, then
+evaluates its grid if it has one; --mode picks a part.
 
   python -m experiments.main                                   # the README's job: a small Figure 1a
   python -m experiments.main --config=experiments/configs/khop_paper.py --config.train.steps=1000
-  python -m experiments.grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
+  python -m experiments.main --mode=grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
+  python -m experiments.main --mode=diagnose --config=... --cells=16:4,128:10   # experiments.swap_diagnosis
 """
 
-import functools
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from anna_jax.tooling import fail, first_line, flags_parser, quiet_console, writable_dir
 from experiments import grid, records, swap_diagnosis, sweep
-from experiments.cli import fail, first_line, flags_parser, quiet_console, writable_dir
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'quick_figure1a.py')
 
@@ -30,8 +31,9 @@ try:  # ml_collections reads the --config.x overrides from sys.argv already here
 except Exception as e:  # noqa: BLE001 -- any failure here comes from the command line
   fail(config_error(e))
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/quick_figure1a', 'Where checkpoints, TensorBoard logs and results go.')
-_MODE = flags.DEFINE_enum('mode', 'all', ['all', 'train', 'grid'], 'all: train the sweep, then evaluate the '
-                          "config's grid (if any); train: only train; grid: only evaluate finished runs.")
+_MODE = flags.DEFINE_enum('mode', 'all', ['all', 'train', 'grid', 'diagnose'], 'all: train the sweep, then '
+                          "evaluate the config's grid (if any); train: only train; grid: only evaluate finished "
+                          "runs; diagnose: the swap diagnosis of finished runs (experiments.swap_diagnosis).")
 _SHARD_INDEX = flags.DEFINE_integer('shard_index', 0, 'This process group runs sweep points i = shard_index mod num_shards.')
 _NUM_SHARDS = flags.DEFINE_integer('num_shards', 1, 'Number of shards the sweep is split into.')
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (multi-host); '
@@ -39,6 +41,7 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.ini
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-host).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job (multi-host).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process (multi-host).')
+_DIAGNOSIS = swap_diagnosis.define_flags()  # --cells, --sequences: read by --mode=diagnose
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Train again from scratch every run whose directory holds a run '
                                'trained with other settings (deleting its checkpoints, result and logs); without '
                                'it such a run stops the command with exit code 2.')
@@ -58,8 +61,7 @@ def load_config():
     fail(config_error(e))
 
 
-def main(argv, mode=None, extra=None):
-  """mode: as --mode, or 'diagnose' (experiments.swap_diagnosis, whose flags are `extra`)."""
+def main(argv):
   quiet_console()
   if len(argv) > 1:
     fail(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -68,14 +70,14 @@ def main(argv, mode=None, extra=None):
   config = load_config()
   if _DISTRIBUTED.value:  # before anything asks jax for its devices
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  mode = mode or _MODE.value
+  mode = _MODE.value
   has_grid = bool(config.grid.tables_per_layer or config.grid.tables_every_layer)
   with_grid = mode == 'grid' or (mode == 'all' and has_grid)
   try:  # every run of the sweep built (and so validated) once, here
     points = grid.validate(config) if with_grid else sweep.validate(config)
     sweep.validate_shard(_SHARD_INDEX.value, _NUM_SHARDS.value)
     if mode == 'diagnose':
-      cells = swap_diagnosis.parse_cells(extra['cells'].value)
+      cells = swap_diagnosis.parse_cells(_DIAGNOSIS['cells'].value)
       if not all(x.evaluation.test_size for _, x in points):
         raise ValueError('the diagnosis reads a fixed test set: set evaluation.test_size > 0')
   except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -84,7 +86,7 @@ def main(argv, mode=None, extra=None):
   workdir = os.path.abspath(_WORKDIR.value)
   try:
     if mode == 'diagnose':
-      print(swap_diagnosis.run(config, workdir, points, cells, extra['sequences'].value))
+      print(swap_diagnosis.run(config, workdir, points, cells, _DIAGNOSIS['sequences'].value))
       return
     run_modes(config, mode, with_grid, points)
   except records.StaleRun as e:
@@ -112,9 +114,5 @@ def run_modes(config, mode, with_grid, points):
         print(f'grid: {workdir}/grid.jsonl, {workdir}/grid.md, plot {workdir}/grid.png')
 
 
-def run_cli(mode=None, extra_flags=None):
-  app.run(functools.partial(main, mode=mode, extra=extra_flags), flags_parser=flags_parser('anna-jax'))
-
-
 if __name__ == '__main__':
-  run_cli()
+  app.run(main, flags_parser=flags_parser('anna-jax'))

@@ -26,9 +26,8 @@ from absl import app, flags
 from anna_jax import constructions
 from anna_jax.anna import ANNAConfig
 from anna_jax.tasks import balanced_match2_tokens, match2_labels, match2_modulus
-from experiments import grid, plots
-from experiments.cli import fail, flags_parser, quiet_console, writable_dir
-from experiments.files import write_atomic
+from anna_jax.tooling import fail, flags_parser, quiet_console, writable_dir, write_atomic
+from experiments import plots, records
 
 
 def define_flags():
@@ -211,7 +210,7 @@ def main(argv):
   out = FLAGS['out'].value
   writable_dir(out, 'match2_construction')
   path = os.path.join(out, 'results.jsonl')
-  rows = grid.read_rows(path)
+  rows = records.read_jsonl(path)
   done = {row_key(r) for r in rows}
   for e in exponents:
     hashes = sorted({max(1, e + o) for o in offsets})

@@ -15,15 +15,13 @@ log2 N; collision statistics against N) and n_scaling.jsonl (the first table's r
 
 import json
 import os
-import re
 
 import numpy as np
 from absl import app, flags
 
 from anna_jax.tasks import match2_modulus
-from experiments import grid, plots
-from experiments.cli import fail, flags_parser, quiet_console
-from experiments.files import write_atomic
+from anna_jax.tooling import fail, flags_parser, quiet_console, write_atomic
+from experiments import plots, records
 
 
 def define_flags():
@@ -42,46 +40,42 @@ def define_flags():
 SOLVED = 0.05  # a surrogate with a lower test error counts as solving Match2
 
 
-def sequence_length(row):
-  """N of a grid row: its settings' task.match2.n, else the run name's n=..."""
-  n = (row.get('settings') or {}).get('task.match2.n')
-  if n is None:
-    match = re.search(r'(?:^|-)n=(\d+)', row['run'])
-    n = int(match.group(1)) if match else None
-  return n
+def sequence_length(cell):
+  """N of a grid cell: the task.match2.n of the run that made it."""
+  return cell.field('task.match2.n')
 
 
 def cost(row):
-  return row['tables'][0] * (row['hashes'] + 1)
+  return row.tables[0] * (row.hashes + 1)
 
 
 def cheapest(rows, target):
   """The cheapest row with mean <= target (ties: lower error), or None."""
-  within = [r for r in rows if r['mean'] <= target + 1e-12]
-  return min(within, key=lambda r: (cost(r), r['mean'])) if within else None
+  within = [r for r in rows if r.mean <= target + 1e-12]
+  return min(within, key=lambda r: (cost(r), r.mean)) if within else None
 
 
 def summarise(rows, tolerance):
   """One dict per N: surrogate error, best cell, cheapest cell within tolerance (and whether of the surrogate)."""
   by_n = {}
-  for r in grid.latest_rows(rows):
+  for r in records.latest_cells(rows):
     n = sequence_length(r)
-    if n is not None and len(r['tables']) == 1:
+    if n is not None and len(r.tables) == 1:
       by_n.setdefault(n, []).append(r)
   table = []
   for n in sorted(by_n):
     mine = by_n[n]
-    surrogate = mine[0]['surrogate_error']
-    best = min(mine, key=lambda r: (r['mean'], cost(r)))
+    surrogate = mine[0].surrogate_error
+    best = min(mine, key=lambda r: (r.mean, cost(r)))
     of_surrogate = cheapest(mine, surrogate + tolerance)
-    pick = of_surrogate or cheapest(mine, best['mean'] + tolerance)
+    pick = of_surrogate or cheapest(mine, best.mean + tolerance)
     table.append({
-        'n': n, 'modulus': (mine[0].get('settings') or {}).get('task.match2.modulus') or match2_modulus(n),
-        'run': mine[0]['run'], 'step': mine[0]['step'], 'surrogate_error': surrogate,
-        'best': {'tables': best['tables'][0], 'hashes': best['hashes'], 'error': best['mean'], 'std': best['std']},
-        'cheapest': {'tables': pick['tables'][0], 'hashes': pick['hashes'], 'error': pick['mean'], 'cost': cost(pick),
+        'n': n, 'modulus': mine[0].field('task.match2.modulus') or match2_modulus(n),
+        'run': mine[0].run, 'step': mine[0].step, 'surrogate_error': surrogate,
+        'best': {'tables': best.tables[0], 'hashes': best.hashes, 'error': best.mean, 'std': best.std},
+        'cheapest': {'tables': pick.tables[0], 'hashes': pick.hashes, 'error': pick.mean, 'cost': cost(pick),
                      'within': 'surrogate' if of_surrogate else 'best'},
-        'cells': len(mine), 'draws': mine[0]['draws']})
+        'cells': len(mine), 'draws': mine[0].draws})
   return table, by_n
 
 
@@ -93,7 +87,7 @@ def hashes_needed(table, by_n, target):
   for t in solved_rows(table):
     by_l = {}
     for r in by_n[t['n']]:
-      by_l.setdefault(r['tables'][0], {})[r['hashes']] = r['mean']
+      by_l.setdefault(r.tables[0], {})[r.hashes] = r.mean
     for l, errors in sorted(by_l.items()):
       z_from = None
       for z in sorted(errors, reverse=True):
@@ -162,7 +156,7 @@ def figure(table, by_n, fixed, needed):
   fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
   ax = axes[0]
   for l, z in fixed:
-    points = [(n, r['mean']) for n in ns for r in by_n[n] if r['tables'][0] == l and r['hashes'] == z]
+    points = [(n, r.mean) for n in ns for r in by_n[n] if r.tables[0] == l and r.hashes == z]
     if points:
       ax.plot(*zip(*points), 'o-', label=f'l={l}, z={z}')
   ax.plot(ns, [t['surrogate_error'] for t in table], 'k--', label='surrogate')
@@ -191,8 +185,8 @@ def figure(table, by_n, fixed, needed):
   ax.legend(fontsize=7)
   ax = axes[3]
   for l, z in fixed:
-    points = [(n, r['no_collision_fraction'], r.get('mean_collisions')) for n in ns for r in by_n[n]
-              if r['tables'][0] == l and r['hashes'] == z]
+    points = [(n, r.no_collision_fraction, r.mean_collisions) for n in ns for r in by_n[n]
+              if r.tables[0] == l and r.hashes == z]
     if points:
       line, = ax.plot([p[0] for p in points], [p[1] for p in points], 'o-', label=f'no collision, l={l} z={z}')
       known = [p for p in points if p[2] is not None]  # grids before collisions were recorded lack them
@@ -208,9 +202,9 @@ def main(argv):
   del argv
   quiet_console()
   path = os.path.join(FLAGS['workdir'].value, 'grid.jsonl')
-  rows = grid.read_rows(path)
+  rows = records.read_cells(path)
   if not rows:
-    fail(f'no grid rows in {path}: run experiments.grid (or experiments.main) on the sweep first', 'n_scaling')
+    fail(f'no grid rows in {path}: run experiments.main (--mode=grid) on the sweep first', 'n_scaling')
   try:
     fixed = [tuple(int(v) for v in cell.split(':')) for cell in FLAGS['fixed'].value]
   except ValueError:

@@ -51,44 +51,44 @@ def best_over_hashes(rows):
   """{tables tuple: the row with the lowest mean error over z} for one run's grid rows."""
   best = {}
   for r in rows:
-    key = tuple(r['tables'])
-    if key not in best or r['mean'] < best[key]['mean']:
+    key = tuple(r.tables)
+    if key not in best or r.mean < best[key].mean:
       best[key] = r
   return best
 
 
 def same_tables_every_layer(rows):
   """Whether every row gives each layer the same table count (one layer, or grid.tables_every_layer)."""
-  return all(len(set(r['tables'])) == 1 for r in rows)
+  return all(len(set(r.tables)) == 1 for r in rows)
 
 
 def grid_figure(rows):
   """Figure 1 of the paper from grid rows: per run, error vs tables with one curve per z (one layer), or a
   heat map of layer-1 x layer-2 tables, best mean over z with the winning z (two layers)."""
-  runs = list(dict.fromkeys(r['run'] for r in rows))
+  runs = list(dict.fromkeys(r.run for r in rows))
   fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.2), squeeze=False)
   for ax, run in zip(axes[0], runs):
-    mine = [r for r in rows if r['run'] == run]
-    title = f"{mine[0]['attention']} beta={mine[0]['beta']:g}: surrogate {mine[0]['surrogate_error']:.3f}"
+    mine = [r for r in rows if r.run == run]
+    title = f"{mine[0].attention} beta={mine[0].beta:g}: surrogate {mine[0].surrogate_error:.3f}"
     if same_tables_every_layer(mine):
-      for z in sorted({r['hashes'] for r in mine}):
-        points = sorted((r['tables'][0], r['mean'], r['std']) for r in mine if r['hashes'] == z)
+      for z in sorted({r.hashes for r in mine}):
+        points = sorted((r.tables[0], r.mean, r.std) for r in mine if r.hashes == z)
         x, y, e = zip(*points)
         ax.errorbar(x, y, yerr=e, marker='o', markersize=3, capsize=2, label=f'z={z}')
-      ax.set_xlabel('hash tables l' + (' (every layer)' if len(mine[0]['tables']) > 1 else ''))
+      ax.set_xlabel('hash tables l' + (' (every layer)' if len(mine[0].tables) > 1 else ''))
       ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tables are integers
-      ax.set_ylabel(f"test error (mean over {mine[0]['draws']} draws)")
+      ax.set_ylabel(f"test error (mean over {mine[0].draws} draws)")
       ax.legend(fontsize=7)
     else:
       best = best_over_hashes(mine)
       rows_t, cols_t = sorted({k[0] for k in best}), sorted({k[1] for k in best})
       grid = np.full((len(rows_t), len(cols_t)), np.nan)
       for (a, b), r in best.items():
-        grid[rows_t.index(a), cols_t.index(b)] = r['mean']
+        grid[rows_t.index(a), cols_t.index(b)] = r.mean
       image = ax.imshow(grid, cmap='viridis_r', vmin=0.0, vmax=max(0.75, float(np.nanmax(grid))), aspect='auto')
       for (a, b), r in best.items():
-        ax.text(cols_t.index(b), rows_t.index(a), f"{r['mean']:.2f}\nz={r['hashes']}", ha='center', va='center',
-                fontsize=6, color='white' if r['mean'] > 0.4 else 'black')
+        ax.text(cols_t.index(b), rows_t.index(a), f"{r.mean:.2f}\nz={r.hashes}", ha='center', va='center',
+                fontsize=6, color='white' if r.mean > 0.4 else 'black')
       ax.set_xticks(range(len(cols_t)), cols_t)
       ax.set_yticks(range(len(rows_t)), rows_t)
       ax.set_xlabel('layer-2 tables')

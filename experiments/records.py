@@ -1,4 +1,6 @@
-"""What a run directory records about the config that trained it, and the check that a later command agrees.
+"""Every file a run or a grid writes and reads back, in one place: the record of the config that trained a run
+(and the check that a later command agrees), its result.json, a sweep's results.jsonl, and the grid's cells
+(typed: `GridCell`, one JSON line each in grid.jsonl).
 
 `runs/<name>/config.json` is written (atomically) before a run's first step: every field the run reads, as
 `Experiment.fields` holds them. A later command that trains in the same directory, or evaluates its checkpoint
@@ -16,13 +18,16 @@ result.json where there is one, and are otherwise adopted with a warning. Fields
 code later) count as recorded at their default.
 """
 
+import dataclasses
 import functools
 import json
 import os
 
 from absl import logging
 
-from experiments.files import write_atomic
+from anna_jax.tooling import write_atomic
+from experiments import experiment
+from experiments.configs import default
 
 UNRECORDED = ('train.steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
               'train.time_limit_s', 'train.num_devices', 'train.sequence_devices', 'evaluation.every')
@@ -72,8 +77,6 @@ def recorded_fields(run_dir):
 
 @functools.cache
 def _defaults():
-  from experiments import experiment  # pylint: disable=import-outside-toplevel
-  from experiments.configs import default  # pylint: disable=import-outside-toplevel
   return {path: _plain(value) for path, value in experiment.leaves(default.get_config()).items()}
 
 
@@ -118,3 +121,102 @@ def write(run_dir, x):
     logging.warning('%s has no recorded config (a run from before records): adopting this one', run_dir)
   os.makedirs(run_dir, exist_ok=True)
   write_atomic(path, json.dumps({'fields': run_fields(x)}, indent=1, sort_keys=True))
+
+
+# --- results and grid cells ------------------------------------------------------------------------------------
+
+
+def read_jsonl(path):
+  """The rows (dicts) of a JSON-lines file; [] if it does not exist."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path, rows):
+  """Rows (dicts) as JSON lines, keys sorted, atomically."""
+  write_atomic(path, ''.join(json.dumps(r, sort_keys=True, default=str) + '\n' for r in rows))
+
+
+def result_path(run_dir):
+  return os.path.join(run_dir, 'result.json')
+
+
+def write_result(run_dir, result):
+  """A run's result.json: every field it read ('model.depth', ...), status, steps and its last metrics."""
+  write_atomic(result_path(run_dir), json.dumps(result, indent=1, sort_keys=True, default=str))
+
+
+def read_result(run_dir):
+  """The run's result dict, None if it has not finished."""
+  path = result_path(run_dir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+@dataclasses.dataclass(frozen=True)
+class GridCell:
+  """One (run, checkpoint step, tables per layer, hashes) cell of a grid: anna swapped into a trained model."""
+  run: str  # the run's name under runs/
+  step: int  # the checkpoint evaluated
+  tables: tuple  # tables per layer
+  hashes: int  # z
+  draws: int
+  mean: float  # error, mean over the draws
+  std: float
+  errors: tuple  # per draw
+  no_collision_fraction: float  # queries with no collision, mean over layers and draws
+  mean_collisions: float  # (key, table) collisions per query
+  surrogate_error: float  # the trained model's own error on the same test set
+  attention: str  # the kind it was trained with
+  beta: float  # its unit_softmax.beta
+  settings: dict  # every field of the run (model.depth, task.*, ...) and the draws' seed: what the cell depends on
+  errors_by_k: dict = None  # k-hop: {k: error}, mean over the draws
+  max_k_solved: int = None  # k-hop: by that mean
+
+  @property
+  def depth(self):
+    return len(self.tables)
+
+  def field(self, path, default=None):
+    """A field of the run that made the cell ('task.match2.n', ...)."""
+    return (self.settings or {}).get(path, default)
+
+  def same_cell(self, other):
+    return (self.run, self.step, self.tables, self.hashes) == (other.run, other.step, other.tables, other.hashes)
+
+  @classmethod
+  def from_row(cls, row):
+    row = dict(row)
+    row['tables'], row['errors'] = tuple(row['tables']), tuple(row['errors'])
+    if row.get('errors_by_k') is not None:
+      row['errors_by_k'] = {int(k): v for k, v in row['errors_by_k'].items()}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{name: value for name, value in row.items() if name in names})
+
+  def to_row(self):
+    row = dataclasses.asdict(self)
+    row.update(tables=list(self.tables), errors=list(self.errors))
+    if self.errors_by_k is None:
+      del row['errors_by_k'], row['max_k_solved']
+    return json.loads(json.dumps(row, default=str))  # as grid.jsonl holds it
+
+
+def read_cells(path):
+  """The GridCells of a grid.jsonl."""
+  return [GridCell.from_row(row) for row in read_jsonl(path)]
+
+
+def write_cells(path, cells):
+  write_jsonl(path, [cell.to_row() for cell in cells])
+
+
+def latest_cells(cells):
+  """Cells of each run's latest evaluated checkpoint (a run trained further is evaluated again)."""
+  latest = {}
+  for c in cells:
+    latest[c.run] = max(latest.get(c.run, 0), c.step)
+  return [c for c in cells if c.step == latest[c.run]]

@@ -1,6 +1,6 @@
 """Why a swap fails: per layer and head, the trained surrogate's attention beside ANNA's collision weights.
 
-  python -m experiments.swap_diagnosis --config=CONFIG --workdir=DIR [--cells=16:4,128:10] [--sequences=64]
+  python -m experiments.main --mode=diagnose --config=CONFIG --workdir=DIR [--cells=16:4,128:10] [--sequences=64]
 
 For every run of the config's sweep that has a checkpoint (its latest), on the first `sequences` sequences of its fixed test set, each layer
 is fed the surrogate's own residual stream (so layers are judged one at a time, not through each other's errors)
@@ -20,13 +20,13 @@ import os
 import jax
 import jax.numpy as jnp
 from absl import flags, logging
-from flax import nnx
 
 from anna_jax import oracle
 from anna_jax.anna import ANNAConfig, draw_projections
 from anna_jax.baselines import unit_norm
-from experiments import records, train
-from experiments.files import write_atomic
+from anna_jax.tooling import write_atomic
+from experiments import checkpoints, records
+from experiments.evaluation import Evaluator
 
 
 def define_flags():
@@ -49,14 +49,8 @@ def parse_cells(cells):
 def restore_model(x, run_dir):
   """The trained Transformer of the run in run_dir (records.StaleRun if trained with other settings)."""
   records.check(run_dir, x, what='grid')
-  trainer = train.Trainer(x)
-  manager = train.checkpoint_manager(x, run_dir)
-  state, step = train.restore_latest(manager, trainer.initial_state)
-  manager.close()
-  if not step:
-    raise ValueError(f'{run_dir} has no checkpoint')
-  model, _ = nnx.merge(trainer.graphdef, state)
-  return model, trainer.test_set, step
+  model, step = checkpoints.trained_model(x, run_dir)
+  return model, Evaluator(x).test_set, step
 
 
 def layer_rows(q, k, beta, causal, cells, key):
@@ -137,8 +131,3 @@ def run(config, workdir, points, cells, sequences):
     write_atomic(os.path.join(workdir, 'swap_diagnosis.jsonl'), ''.join(json.dumps(r) + '\n' for r in records_out))
   return text
 
-
-if __name__ == '__main__':
-  from experiments import main
-
-  main.run_cli(mode='diagnose', extra_flags=define_flags())

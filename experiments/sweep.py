@@ -11,7 +11,6 @@ Layout under the workdir:
   results.jsonl, results.md, error_vs_depth.png   rebuilt atomically from every result.json
 """
 
-import json
 import os
 import re
 import shutil
@@ -20,9 +19,8 @@ import time
 import jax
 from absl import logging
 
+from anna_jax.tooling import SummaryWriter, format_seconds, write_atomic
 from experiments import experiment, plots, records, train
-from experiments.files import write_atomic
-from experiments.summaries import SummaryWriter
 
 
 def run_name(c, swept):
@@ -77,17 +75,13 @@ def shard(points, shard_index, num_shards):
   return points[shard_index::num_shards]
 
 
-def result_path(workdir, name):
-  return os.path.join(workdir, 'runs', name, 'result.json')
-
-
 def collect_results(workdir, names):
+  """The finished runs' results, each with its name."""
   results = []
   for name in names:
-    path = result_path(workdir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        results.append({'name': name, **json.load(f)})
+    result = records.read_result(os.path.join(workdir, 'runs', name))
+    if result is not None:
+      results.append({'name': name, **result})
   return results
 
 
@@ -107,8 +101,7 @@ def write_reports(workdir, names):
   results = collect_results(workdir, names)
   if jax.process_index() != 0 or not results:
     return results
-  write_atomic(os.path.join(workdir, 'results.jsonl'),
-                    ''.join(json.dumps(r, sort_keys=True) + '\n' for r in results))
+  records.write_jsonl(os.path.join(workdir, 'results.jsonl'), results)
   write_atomic(os.path.join(workdir, 'results.md'), markdown_table(results))
   png, height, width = plots.error_vs_depth(results)
   write_atomic(os.path.join(workdir, 'error_vs_depth.png'), png)
@@ -153,26 +146,21 @@ def run_sweep(config, workdir, shard_index=0, num_shards=1, points=None, overwri
   logging.info('sweep: %d points, %d in this shard (%d/%d); workdir %s', len(points), len(mine),
                shard_index, num_shards, os.path.abspath(workdir))
   def finished(name, x):  # a result for at least this many steps; a run asked for more steps continues
-    path = result_path(workdir, name)
-    if not os.path.exists(path):
-      return False
-    with open(path) as f:
-      result = json.load(f)
-    return result.get('steps', 0) >= x.train.steps  # done, or stopped by a non-finite loss
+    result = records.read_result(os.path.join(workdir, 'runs', name))
+    return result is not None and result.get('steps', 0) >= x.train.steps  # done, or stopped by a non-finite loss
 
   for i, (name, x) in enumerate(mine):
     run_dir = os.path.join(workdir, 'runs', name)
-    result_file = result_path(workdir, name)
     if finished(name, x):
       logging.info('[%d/%d] %s: finished earlier, skipped', i + 1, len(mine), name)
       continue
     if durations:
       remaining = sum(1 for n, c_ in mine[i:] if not finished(n, c_))
-      logging.info('sweep ETA %s', train.format_seconds(remaining * sum(durations) / len(durations)))
+      logging.info('sweep ETA %s', format_seconds(remaining * sum(durations) / len(durations)))
     t0 = time.perf_counter()
     result = train.run(x, run_dir, tb_dir=os.path.join(workdir, 'tb', name), label=f'[{i + 1}/{len(mine)}]')
     durations.append(time.perf_counter() - t0)
     if jax.process_index() == 0:
-      write_atomic(result_file, json.dumps(result, indent=1, sort_keys=True))
+      records.write_result(run_dir, result)
     write_reports(workdir, names)
   return write_reports(workdir, names)

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import cli
+from anna_jax import tooling
 
 _TARGET = flags.DEFINE_enum('target', 'local', ['local', 'slurm', 'tpu'], 'Where to launch.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands (and the sbatch script) without running them.')
@@ -88,7 +88,7 @@ def tpu_command(extra_args):
 
 
 def fail(message):
-  cli.fail(message, 'anna-jax launch')
+  tooling.fail(message, 'anna-jax launch')
 
 
 def call(command):
@@ -132,4 +132,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.flags_parser('anna-jax launch'))
+  app.run(main, flags_parser=tooling.flags_parser('anna-jax launch'))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anna_jax import cpu_kernel, lsh
+from anna_jax import cpu_kernel, lsh, plans
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.oracle import anna_dense_reference
 
@@ -26,10 +26,14 @@ def padding_mask(n, valid_lengths):
   return jnp.arange(n)[None, :] < jnp.asarray(valid_lengths)[:, None]
 
 
-def assert_equals_oracle(q, k, v, proj, config, mask, causal, grad_atol=2e-5):
+# The CPU's own path: the C++ kernels, or (on a machine without a compiler) the XLA loops, as 'auto' picks.
+CPU_PLAN = 'cpu_kernel' if cpu_kernel.available() else 'cpu_xla'
+
+
+def assert_equals_oracle(q, k, v, proj, config, mask, causal, grad_atol=2e-5, tuning=None):
   """`anna` against the dense oracle: outputs, and v-gradients under a random probe. Returns anna's stats."""
   def anna(v):
-    return anna_attention(q, k, v, proj, config, mask=mask, causal=causal)
+    return anna_attention(q, k, v, proj, config, mask=mask, causal=causal, tuning=tuning)
 
   def oracle(v):
     return anna_dense_reference(q, k, v, proj, family=config.family, mask=mask, causal=causal)
@@ -52,7 +56,7 @@ CASES = [  # (family, tables, hashes, crosspolytope_dim): the paper's ranges, l 
 
 @pytest.mark.parametrize('family, tables, hashes, cp_dim', CASES)
 @pytest.mark.parametrize('causal', [False, True])
-@pytest.mark.parametrize('plan', ['cpu', 'accelerator'])
+@pytest.mark.parametrize('plan', [CPU_PLAN, 'accelerator'])
 def test_equals_dense_oracle_outputs_and_v_gradients(family, tables, hashes, cp_dim, causal, plan):
   n = 100
   config = ANNAConfig(num_tables=tables, num_hashes=hashes, family=family, crosspolytope_dim=cp_dim,
@@ -81,16 +85,16 @@ def test_equals_dense_oracle_outputs_and_v_gradients(family, tables, hashes, cp_
 # Every table in one pass; 3 + 3 + 2 tables; 5 + 3 (a table's bucket sums: 65 ids x 8 floats x 4 bytes).
 @pytest.mark.parametrize('group_bytes', [2**28, 3 * 65 * 4 * 8, 5 * 65 * 4 * 8])
 @pytest.mark.parametrize('causal', [False, True])
-def test_cpu_kernel_table_groups_and_head_chunks_equal_the_oracle(monkeypatch, group_bytes, causal):
+def test_cpu_kernel_table_groups_and_head_chunks_equal_the_oracle(group_bytes, causal):
   # 8 tables of 2**6 buckets, 4 heads, batch 3: with the small budget one head per task and 3 passes of 3, 3
   # and 2 tables, partial sums carried in the output between passes; with the large one 2 heads per task.
-  monkeypatch.setattr(cpu_kernel, 'GROUP_BYTES', group_bytes)
+  tuning = plans.Tuning(group_bytes=group_bytes)
   n = 100
-  config = ANNAConfig(num_tables=8, num_hashes=6, loop_plan='cpu')
+  config = ANNAConfig(num_tables=8, num_hashes=6, loop_plan=CPU_PLAN)
   q, k, v = qkv(n, batch=3, heads=4, seed=5)
   proj = draw_projections(jax.random.key(5), 4, 8, config)
   mask = padding_mask(n, [n, 61, 1])
-  stats = assert_equals_oracle(q, k, v, proj, config, mask, causal)
+  stats = assert_equals_oracle(q, k, v, proj, config, mask, causal, tuning=tuning)
   accelerator = dataclasses.replace(config, loop_plan='accelerator')
   _, stats_too = anna_attention(q, k, v, proj, accelerator, mask=mask, causal=causal)
   assert float(stats.mean_collisions) == float(stats_too.mean_collisions)
@@ -125,20 +129,28 @@ def test_cpu_kernel_refuses_bucket_ids_out_of_range():
                                                    normalize=True))
 
 
-def test_cpu_plan_without_a_compiler_falls_back_to_the_scan_plan(tmp_path):
-  # A fresh process whose compiler does not exist: one warning, then the same outputs as the oracle.
+def test_auto_plan_without_a_compiler_runs_the_xla_loops_and_cpu_kernel_says_why_not(tmp_path):
+  # A fresh process whose compiler does not exist: one warning, then 'auto' gives the oracle's outputs (by
+  # 'cpu_xla'), and asking for 'cpu_kernel' by name is an error that names the way out.
   script = textwrap.dedent("""
+      import dataclasses
       import jax, jax.numpy as jnp, numpy as np
       from anna_jax import cpu_kernel
       from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
       from anna_jax.oracle import anna_dense_reference
-      config = ANNAConfig(num_tables=4, num_hashes=3, loop_plan='cpu')
+      config = ANNAConfig(num_tables=4, num_hashes=3, loop_plan='auto')
       q, k, v = (jax.random.normal(key, (1, 50, 2, 8)) for key in jax.random.split(jax.random.key(0), 3))
       proj = draw_projections(jax.random.key(1), 2, 8, config)
       out, _ = anna_attention(q, k, v, proj, config, causal=True)
       np.testing.assert_allclose(out, anna_dense_reference(q, k, v, proj, family='hyperplane', causal=True),
                                  atol=2e-5)
       assert not cpu_kernel.available()
+      try:
+        anna_attention(q, k, v, proj, dataclasses.replace(config, loop_plan='cpu_kernel'))
+      except RuntimeError as e:
+        assert "use loop_plan='auto' or 'cpu_xla'" in str(e), e
+      else:
+        raise AssertionError('cpu_kernel ran without kernels')
       print('fallback ok')
   """)
   env = dict(os.environ, CXX=str(tmp_path / 'no-such-compiler'), ANNA_JAX_CACHE=str(tmp_path / 'cache'))
@@ -212,7 +224,7 @@ def test_q_and_k_get_no_gradient():
     np.testing.assert_array_equal(g, 0.0)
 
 
-@pytest.mark.parametrize('plan, tolerance', [('cpu', 0.0), ('accelerator', 1e-5)])
+@pytest.mark.parametrize('plan, tolerance', [(CPU_PLAN, 0.0), ('accelerator', 1e-5)])
 def test_causal_has_no_leakage(plan, tolerance):
   n, cut = 48, 20
   config = ANNAConfig(num_tables=4, num_hashes=2, loop_plan=plan)
@@ -266,7 +278,7 @@ def test_wide_code_space_is_grouped_exactly_never_by_modulo():
   np.testing.assert_array_equal(q_again[:, :, None, :, 0] == q_again[:, None, :, :, 0], same_q)
 
 
-@pytest.mark.parametrize('plan', ['cpu', 'accelerator'])
+@pytest.mark.parametrize('plan', [CPU_PLAN, 'accelerator'])
 def test_million_tokens_compile_linear_memory(plan):
   n = 2**20  # a dense n x n float32 matrix would take 4 TiB
   config = ANNAConfig(num_tables=2, num_hashes=10, loop_plan=plan)
@@ -279,7 +291,7 @@ def test_million_tokens_compile_linear_memory(plan):
 
 
 def test_cpu_kernel_reads_bfloat16_and_returns_bfloat16_gradients():
-  config = ANNAConfig(num_tables=6, num_hashes=3, loop_plan='cpu')
+  config = ANNAConfig(num_tables=6, num_hashes=3, loop_plan=CPU_PLAN)
   q, k, v = (x.astype(jnp.bfloat16) for x in qkv(64, seed=6))
   proj = draw_projections(jax.random.key(6), 2, 8, config)
   for causal in (False, True):
@@ -299,7 +311,7 @@ def test_cpu_kernel_reads_bfloat16_and_returns_bfloat16_gradients():
 
 def test_cpu_kernels_under_vmap_equal_one_call_per_element():
   # The kernels declare a heads-before-tokens layout for the ids; vmap adds an axis in front of it.
-  config = ANNAConfig(num_tables=3, num_hashes=3, loop_plan='cpu')
+  config = ANNAConfig(num_tables=3, num_hashes=3, loop_plan=CPU_PLAN)
   q, k, v = (x.reshape(2, 1, 40, 2, 8) for x in qkv(40))  # a leading axis of 2 over batches of 1
   proj = draw_projections(jax.random.key(9), 2, 8, config)
   attend = lambda q, k, v: anna_attention(q, k, v, proj, config, causal=True)[0]
@@ -310,7 +322,7 @@ def test_cpu_kernels_under_vmap_equal_one_call_per_element():
 
 @pytest.mark.parametrize('dim', [64, 128])  # the kernel's unrolled widths (the main job runs 64)
 def test_cpu_kernel_at_wide_heads_equals_the_oracle(dim):
-  config = ANNAConfig(num_tables=3, num_hashes=2, loop_plan='cpu')
+  config = ANNAConfig(num_tables=3, num_hashes=2, loop_plan=CPU_PLAN)
   q, k, v = qkv(40, batch=1, heads=2, dim=dim, seed=dim)
   proj = draw_projections(jax.random.key(dim), 2, dim, config)
   mask = padding_mask(40, [33])
@@ -324,20 +336,21 @@ def test_cpu_kernel_at_wide_heads_equals_the_oracle(dim):
     np.testing.assert_allclose(grad, expected_grad, atol=2e-4)
 
 
-@pytest.mark.parametrize('hashes, min_ids, n', [(24, cpu_kernel.KERNEL_MIN_IDS, 60), (7, 0, 60), (40, 0, 60),
-                                                (24, cpu_kernel.KERNEL_MIN_IDS, 400), (12, 0, 400)])
+@pytest.mark.parametrize('hashes, min_ids, n', [(24, 4096, 60), (7, 0, 60), (40, 0, 60), (24, 4096, 400),
+                                                (12, 0, 400)])
 @pytest.mark.parametrize('causal', [False, True])
-def test_cpu_kernel_hashed_rows_equal_the_oracle(monkeypatch, hashes, min_ids, n, causal):
-  # Code spaces past max(n, KERNEL_MIN_IDS) are hashed into 2n-4n rows per table: 2**24 codes; 128 (4096) codes
+def test_cpu_kernel_hashed_rows_equal_the_oracle(hashes, min_ids, n, causal):
+  # Code spaces past max(n, kernel_min_ids) are hashed into 2n-4n rows per table: 2**24 codes; 128 (4096) codes
   # forced into 128 (1024) hashed rows (probes collide and wrap); 2**40 codes, numbered by lsh's sort past int32.
-  monkeypatch.setattr(cpu_kernel, 'KERNEL_MIN_IDS', min_ids)
-  config = ANNAConfig(num_tables=3, num_hashes=hashes, loop_plan='cpu')
+  tuning = plans.Tuning(kernel_min_ids=min_ids)
+  config = ANNAConfig(num_tables=3, num_hashes=hashes, loop_plan=CPU_PLAN)
   q, k, v = qkv(n, seed=hashes)
   k = k.at[:, ::2].set(q[:, ::2])  # shared directions, so fine buckets still hold pairs
   proj = draw_projections(jax.random.key(hashes), 2, 8, config)
   mask = padding_mask(n, [n, n * 2 // 3])
-  assert cpu_kernel.hashed_rows(n, lsh.bucket_ids(q, k, proj, 'hyperplane')[2]) == 2 ** math.ceil(math.log2(2 * n))
-  stats = assert_equals_oracle(q, k, v, proj, config, mask, causal)
+  assert cpu_kernel.hashed_rows(n, lsh.bucket_ids(q, k, proj, 'hyperplane')[2], tuning) == 2 ** math.ceil(
+      math.log2(2 * n))
+  stats = assert_equals_oracle(q, k, v, proj, config, mask, causal, tuning=tuning)
   assert 0.0 < float(stats.no_collision_fraction) < 1.0
 
 
@@ -360,17 +373,17 @@ def test_cpu_and_accelerator_plans_agree_in_bfloat16():
   q, k, v = (x.astype(jnp.bfloat16) for x in qkv(64, seed=12))
   mask = padding_mask(64, [64, 50])
   results = {}
-  for plan in ('cpu', 'accelerator'):
+  for plan in (CPU_PLAN, 'accelerator'):
     config = ANNAConfig(num_tables=5, num_hashes=3, loop_plan=plan)
     proj = draw_projections(jax.random.key(12), 2, 8, config)
     attend = lambda v: anna_attention(q, k, v, proj, config, mask=mask, causal=True)[0]  # noqa: E731
     results[plan] = (attend(v), jax.grad(lambda v: jnp.sum(attend(v).astype(jnp.float32) ** 2))(v))
-  for a, b in zip(results['cpu'], results['accelerator']):
+  for a, b in zip(results[CPU_PLAN], results['accelerator']):
     assert a.dtype == b.dtype == jnp.bfloat16
     np.testing.assert_allclose(a.astype(jnp.float32), b.astype(jnp.float32), atol=2**-7, rtol=2**-7)
 
 
-@pytest.mark.parametrize('plan', ['cpu', 'accelerator'])
+@pytest.mark.parametrize('plan', [CPU_PLAN, 'accelerator'])
 def test_stats_under_padding_count_real_queries_and_keys_only(plan):
   from anna_jax.oracle import collision_counts
   config = ANNAConfig(num_tables=3, num_hashes=3, loop_plan=plan)

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -57,22 +58,22 @@ def test_anna_equals_dense_oracle_outputs_and_gradients(causal, weighting, maske
     np.testing.assert_allclose(g, g_ref, atol=5e-5)
 
 
-def test_one_head_per_step_equals_batched_heads(monkeypatch):
-  # Long sequences run the (batch, head) loop one head at a time; force that path at a small n. These are the
-  # XLA loops of the CPU plan, which run where the C++ kernel cannot be built.
-  monkeypatch.setattr(cpu_kernel, 'serves', lambda plan: False)
+def test_one_head_per_step_equals_batched_heads():
+  # Long sequences run the (batch, head) loop one head at a time; force that path at a small n (a token budget
+  # of 1). These are the XLA loops of the CPU plan 'cpu_xla', which 'auto' runs where no kernel can be built.
   n = 40
-  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16, dense_up_to=0)
+  config = ANNAConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16, dense_up_to=0, loop_plan='cpu_xla')
   q, k, v, proj = setup(n, config, seed=4)
   mask = padding_mask(n, [40, 29])
 
-  def loss(q, k, v):
-    out, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=True)
+  def loss(q, k, v, tuning=None):
+    out, stats = anna_attention(q, k, v, proj, config, mask=mask, causal=True, tuning=tuning)
     return jnp.sum(jnp.sin(out)), (out, stats.dropped)
 
   (_, (batched, dropped)), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
-  monkeypatch.setattr(plans, 'TOKEN_BUDGET', 1)
-  (_, (one_by_one, dropped_again)), grads_again = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+  one_head = functools.partial(loss, tuning=plans.Tuning(token_budget=1))
+  (_, (one_by_one, dropped_again)), grads_again = jax.value_and_grad(one_head, argnums=(0, 1, 2), has_aux=True)(
+      q, k, v)
   assert float(dropped) > 0  # windows overflow, so both paths place the same windows, not just the full set
   np.testing.assert_allclose(one_by_one, batched, atol=1e-6)
   assert float(dropped_again) == float(dropped)
@@ -333,7 +334,7 @@ KERNEL_CASES = {  # name: (n, heads, dim, config overrides, how q and k are draw
 @pytest.mark.skipif(not cpu_kernel.available(), reason='no C++ compiler')
 @pytest.mark.parametrize('case', KERNEL_CASES)
 @pytest.mark.parametrize('causal', [False, True])
-def test_cpu_kernel_equals_the_accelerator_plan(case, causal, monkeypatch):
+def test_cpu_kernel_equals_the_accelerator_plan(case, causal):
   # The kernel must attend exactly the pairs the XLA plans attend, dropped ones included: outputs, gradients of
   # q, k and v, and the collision and drop counts, against the accelerator plan on the same hash functions;
   # in both of its walks (query by query for small heads, its keys in one block or in many; table by table for
@@ -345,11 +346,11 @@ def test_cpu_kernel_equals_the_accelerator_plan(case, causal, monkeypatch):
     q, k = (jnp.abs(x[..., :1]) * jnp.ones(dim) + 0.1 for x in (q, k))
   mask = padding_mask(n, [n, n - 13])
 
-  def run(plan):
+  def run(plan, tuning=None):
     plan_config = dataclasses.replace(config, loop_plan=plan, dense_up_to=0)
 
     def loss(q, k, v):
-      out, stats = anna_attention(q, k, v, proj, plan_config, mask=mask, causal=causal)
+      out, stats = anna_attention(q, k, v, proj, plan_config, mask=mask, causal=causal, tuning=tuning)
       return jnp.sum(jnp.sin(out)), (out, stats)
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
 
@@ -357,9 +358,8 @@ def test_cpu_kernel_equals_the_accelerator_plan(case, causal, monkeypatch):
   if draw == 'one bucket' or case.startswith('overflowing'):
     assert float(want_stats.dropped) > 0  # the windows cut: the same keys must be dropped
   for query_major_bytes, key_block_bytes in ((2**40, 2**40), (2**40, 2**11), (0, 2**40)):
-    monkeypatch.setattr(cpu_kernel, 'QUERY_MAJOR_BYTES', query_major_bytes)
-    monkeypatch.setattr(cpu_kernel, 'KEY_BLOCK_BYTES', key_block_bytes)
-    (_, (out, stats)), grads = run('cpu')
+    tuning = plans.Tuning(query_major_bytes=query_major_bytes, key_block_bytes=key_block_bytes)
+    (_, (out, stats)), grads = run('cpu_kernel', tuning)
     np.testing.assert_allclose(out, want, atol=1e-5)
     for g, g_want in zip(grads, want_grads):
       np.testing.assert_allclose(g, g_want, atol=1e-5)

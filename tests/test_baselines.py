@@ -132,7 +132,7 @@ def test_reformer_small_chunks_drop_same_bucket_pairs_and_keep_causality():
 
 PLANS = [  # 'dense': anna_softmax's dense layout of the same windows (padded length <= dense_up_to)
     ('anna_softmax', lambda plan: ANNASoftmaxConfig(num_tables=3, num_hashes=2, chunk_size=8, window=16,
-                                                    loop_plan='cpu' if plan == 'dense' else plan,
+                                                    loop_plan='cpu_xla' if plan == 'dense' else plan,
                                                     dense_up_to=64 if plan == 'dense' else 0)),
     ('reformer', lambda plan: ReformerConfig(num_rounds=3, num_buckets=8, chunk_size=8, loop_plan=plan)),
 ]
@@ -145,9 +145,8 @@ def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal, monkeyp
   mask = padding_mask(61, [61, 45])
 
   def attend(plan, q, k, v):
-    # 'cpu' is anna_softmax's C++ kernel; 'cpu_loops' its XLA loops, which run where no compiler is found.
-    monkeypatch.setattr(cpu_kernel, 'serves', lambda p: p == 'cpu' and plan == 'cpu' and cpu_kernel.available())
-    config = make_config('cpu' if plan == 'cpu_loops' else plan)
+    # 'cpu_kernel' is anna_softmax's C++ kernel (reformer has none: its XLA loops); 'cpu_xla' the XLA loops.
+    config = make_config(plan)
     if kind == 'reformer':
       out, stats = reformer_attention(q, k, v, draw_rotations(jax.random.key(0), 2, 8, config), config,
                                       mask=mask, causal=causal)
@@ -162,9 +161,9 @@ def test_cpu_and_accelerator_loop_plans_agree(kind, make_config, causal, monkeyp
       return jnp.sum(jnp.sin(out)), (out, dropped)
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(q, v)
 
-  (_, (cpu, dropped)), cpu_grads = outputs_and_grads('cpu')
+  (_, (cpu, dropped)), cpu_grads = outputs_and_grads('cpu_kernel' if cpu_kernel.available() else 'cpu_xla')
   assert float(dropped) > 0  # windows overflow: every layout must place the same windows
-  for plan in ('accelerator', 'dense', 'cpu_loops') if kind == 'anna_softmax' else ('accelerator',):
+  for plan in ('accelerator', 'dense', 'cpu_xla') if kind == 'anna_softmax' else ('accelerator',):
     (_, (out, dropped_too)), grads = outputs_and_grads(plan)
     np.testing.assert_allclose(out, cpu, atol=1e-6)
     assert float(dropped) == float(dropped_too)
@@ -195,10 +194,8 @@ def test_accelerator_plans_export_for_cuda_with_one_loop_over_tables():
     loops, module = exported_loops(fn)
     assert loops == 1, (name, loops)
     assert 'bf16' in module and 'f32' in module  # bfloat16 inputs, float32 accumulation
-  cpu_plan = dataclasses.replace(hashing, loop_plan='cpu')
-  with pytest.MonkeyPatch.context() as patch:  # the XLA loops the CPU plan runs where no kernel can be built
-    patch.setattr(cpu_kernel, 'serves', lambda plan: False)
-    loops, _ = exported_loops(lambda q, k, v: anna_softmax_attention(q, k, v, projections, cpu_plan)[0])
+  cpu_plan = dataclasses.replace(hashing, loop_plan='cpu_xla')  # the XLA loops, as 'auto' runs without a compiler
+  loops, _ = exported_loops(lambda q, k, v: anna_softmax_attention(q, k, v, projections, cpu_plan)[0])
   assert loops > 1  # the CPU plan's cache-sized loops: the check above can fail
 
 

@@ -15,6 +15,7 @@ from anna_jax.baselines import (draw_random_features, full_attention, full_block
 from anna_jax.reformer import ReformerConfig, draw_rotations, reformer_attention
 
 HEADS, DIM = 2, 8
+CPU_PLAN = 'cpu_kernel' if cpu_kernel.available() else 'cpu_xla'  # as 'auto' picks on a CPU
 
 
 def hashing(fn, config, draw):
@@ -32,14 +33,14 @@ ATTEND = {
     'unit_softmax': functools.partial(unit_softmax_attention, beta=4.0),
     'lowrank': lambda q, k, v, **kw: lowrank_attention(
         q, k, v, draw_random_features(jax.random.key(1), HEADS, DIM, 16), **kw),
-    'anna-cpu': hashing(anna_attention, ANNA(loop_plan='cpu'), draw_projections),
+    'anna-cpu': hashing(anna_attention, ANNA(loop_plan=CPU_PLAN), draw_projections),
     'anna-accelerator': hashing(anna_attention, ANNA(loop_plan='accelerator'), draw_projections),
-    'anna_softmax-cpu': hashing(anna_softmax_attention, SOFTMAX(loop_plan='cpu'), draw_projections),
+    'anna_softmax-cpu': hashing(anna_softmax_attention, SOFTMAX(loop_plan=CPU_PLAN), draw_projections),
     'anna_softmax-accelerator': hashing(anna_softmax_attention, SOFTMAX(loop_plan='accelerator', dense_up_to=0),
                                         draw_projections),
     'anna_softmax-dense': hashing(anna_softmax_attention, SOFTMAX(loop_plan='accelerator'), draw_projections),
     'reformer-cpu': hashing(reformer_attention, ReformerConfig(num_rounds=2, num_buckets=4, chunk_size=4,
-                                                               loop_plan='cpu'), draw_rotations),
+                                                               loop_plan='cpu_xla'), draw_rotations),
     'reformer-accelerator': hashing(reformer_attention, ReformerConfig(num_rounds=2, num_buckets=4, chunk_size=4,
                                                                        loop_plan='accelerator'), draw_rotations),
 }

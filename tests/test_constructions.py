@@ -1,6 +1,8 @@
 """The constructed Match2 model (Theorem 5.2, weights set, not trained), the modulus rule, and the reports of
 the N-scaling experiments."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from anna_jax import constructions, lsh
 from anna_jax.anna import ANNAConfig
 from anna_jax.tasks import Match2, balanced_match2_tokens, match2_labels, match2_modulus
-from experiments import match2_construction, n_scaling
+from experiments import match2_construction, n_scaling, records
 
 N = 64
 MODULUS = match2_modulus(N)  # 79
@@ -89,9 +91,9 @@ def test_construction_runner_rows_and_reports(tmp_path):
 
 
 def grid_row(n, tables, hashes, mean, surrogate):
-  return {'run': f'match2-unit_softmax-n={n}', 'step': 100, 'tables': [tables], 'hashes': hashes, 'mean': mean,
-          'std': 0.0, 'draws': 3, 'surrogate_error': surrogate, 'no_collision_fraction': 0.1,
-          'mean_collisions': 2.0}
+  return records.GridCell(run=f'match2-unit_softmax-n={n}', step=100, tables=(tables,), hashes=hashes, mean=mean,
+                          std=0.0, draws=3, errors=(mean,), surrogate_error=surrogate, no_collision_fraction=0.1,
+                          mean_collisions=2.0, attention='unit_softmax', beta=3.0, settings={'task.match2.n': n})
 
 
 def test_n_scaling_picks_the_cheapest_cell_near_the_surrogate_or_the_best():
@@ -106,7 +108,8 @@ def test_n_scaling_picks_the_cheapest_cell_near_the_surrogate_or_the_best():
   assert (second['cheapest']['tables'], second['cheapest']['within']) == (8, 'best')
   text = n_scaling.markdown(table, 0.01)
   assert '| 64 | 79 | 100 | 0.0000 | 3 x 3 |' in text and 'l ~ N^' in text  # both surrogates solve: slopes fitted
-  unsolved, _ = n_scaling.summarise([dict(r, surrogate_error=0.2) if r['tables'] == [4] else r for r in rows], 0.01)
+  unsolved, _ = n_scaling.summarise([dataclasses.replace(r, surrogate_error=0.2) if r.tables == (4,) else r for r in rows],
+                                   0.01)
   assert 'No fit: 1 N' in n_scaling.markdown(unsolved, 0.01)  # one N's surrogate errs 20%: no slope from one N
 
 

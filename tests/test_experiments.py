@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import configs, experiment, sweep, train
+from anna_jax.tasks import KHop
+from experiments import checkpoints, configs, experiment, metrics, records, sweep, train
 from experiments.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +55,8 @@ def tiny_config(overrides=None):
 def params_of(workdir, c):
   x = experiment.build(c)
   trainer = train.Trainer(x)
-  manager = train.checkpoint_manager(x, workdir)
-  state, step = train.restore_latest(manager, trainer.initial_state)
+  manager = checkpoints.manager(x, workdir)
+  state, step = checkpoints.restore_latest(manager, trainer.initial_state)
   manager.close()
   return step, [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(state))]
 
@@ -66,7 +67,7 @@ def test_resume_from_checkpoint_gives_the_same_numbers(tmp_path):
   resumed_dir = tmp_path / 'resumed'
   train.train_and_evaluate(c, str(resumed_dir))
   # Lose the last checkpoint, as if the run had been killed after step 5.
-  manager = train.checkpoint_manager(experiment.build(c), str(resumed_dir))
+  manager = checkpoints.manager(experiment.build(c), str(resumed_dir))
   manager.delete(10)
   manager.close()
   resumed = train.train_and_evaluate(c, str(resumed_dir))
@@ -254,9 +255,9 @@ def test_every_config_section_reaches_the_module_it_configures():
        lambda core: (core.config.num_rounds, core.config.num_buckets, core.config.chunk_size, core.config.loop_plan,
                      core.hashes.projections[...].shape[1]) == (3, 6, 4, 'accelerator', 3)),
       ('anna_softmax', {'attention.anna_softmax.num_tables': 5, 'attention.anna_softmax.window': 7,
-                        'attention.anna_softmax.loop_plan': 'cpu'},
+                        'attention.anna_softmax.loop_plan': 'cpu_xla'},
        lambda core: (core.config.num_tables, core.config.window, core.config.loop_plan,
-                     core.hashes.projections[...].shape[1]) == (5, 7, 'cpu', 5)),
+                     core.hashes.projections[...].shape[1]) == (5, 7, 'cpu_xla', 5)),
       ('anna', {'attention.anna.num_tables': 6, 'attention.anna.num_hashes': 1},
        lambda core: core.hashes.projections[...].shape[1:4:2] == (6, 1)),  # (heads, tables, d, hashes)
       ('unit_softmax', {'attention.unit_softmax.beta': 0.25}, lambda core: core.config.beta == 0.25),
@@ -273,9 +274,10 @@ def test_every_config_section_reaches_the_module_it_configures():
                    'attention.per_layer': ({'kind': 'full'}, {'kind': 'anna_softmax', 'anna_softmax.num_tables': 3})})
   x = experiment.build(c)
   cores = [b.attention.core for b in Transformer(x.model, rngs=nnx.Rngs(0)).blocks]
-  assert type(cores[0]).__name__ == 'FullAttention' and cores[1].kind == 'anna_softmax'
+  assert [type(core).__name__ for core in cores] == ['FullAttention', 'ANNASoftmaxAttention']
   assert cores[1].config.num_tables == 3
-  assert [b.attention.core.kind for b in Transformer(x.eval_model, rngs=nnx.Rngs(0)).blocks] == ['anna', 'anna']
+  assert [type(b.attention.core).__name__ for b in Transformer(x.eval_model, rngs=nnx.Rngs(0)).blocks] == [
+      'ANNAAttention'] * 2
 
 
 def test_any_field_can_be_swept_and_names_the_runs():
@@ -299,9 +301,11 @@ def test_errors_by_k_groups_the_sequences_of_each_k():
            'eval_mask': jnp.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], bool)}
   logits = jnp.stack([jnp.array([[0, 1], [1, 0], [0, 1]]), jnp.array([[1, 0], [0, 1], [0, 1]]),
                       jnp.array([[0, 1], [0, 1], [0, 1]]), jnp.array([[1, 0], [1, 0], [1, 0]])]).astype(jnp.float32)
-  _, metrics = train.loss_and_metrics(lambda tokens: (logits, {}), batch, max_k=3)
-  assert train.errors_by_k(metrics) == {0: 3 / 4, 2: 1 / 5}
-  assert train.max_k_solved({0: 0.01, 1: 0.2, 2: 0.0}) == 0 and train.max_k_solved({0: 0.3}) == -1
+  task = KHop(n=2, max_k=3)
+  _, step_metrics = metrics.loss_and_metrics(lambda tokens: (logits, {}), batch, task)
+  result = metrics.evaluation_result([jax.device_get(step_metrics)], task)
+  assert metrics.errors_by_k(result) == {0: 3 / 4, 2: 1 / 5} and result['eval/error'] == 4 / 9
+  assert metrics.max_k_solved({0: 0.01, 1: 0.2, 2: 0.0}) == 0 and metrics.max_k_solved({0: 0.3}) == -1
 
 
 def test_khop_table_puts_trained_runs_and_grid_cells_in_one_table(tmp_path):
@@ -312,9 +316,11 @@ def test_khop_table_puts_trained_runs_and_grid_cells_in_one_table(tmp_path):
     result = {'task.name': 'khop', 'status': 'done', 'model.depth': depth,
               **{f'eval/error_k{k}': e for k, e in enumerate(errors)}}
     (tmp_path / 'runs' / name / 'result.json').write_text(json.dumps(result))
-  rows = [{'run': 'khop-unit_softmax-depth=2', 'step': 5, 'tables': [t, t], 'hashes': z, 'mean': m,
-           'errors_by_k': {'0': m, '1': m}} for t, z, m in ((1, 1, 0.3), (4, 2, 0.01), (16, 4, 0.2))]
-  (tmp_path / 'grid.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  cells = [records.GridCell(run='khop-unit_softmax-depth=2', step=5, tables=(t, t), hashes=z, draws=1, mean=m, std=0.0,
+                            errors=(m,), no_collision_fraction=0.0, mean_collisions=1.0, surrogate_error=0.02,
+                            attention='unit_softmax', beta=8.0, settings={'model.depth': 2}, errors_by_k={0: m, 1: m})
+           for t, z, m in ((1, 1, 0.3), (4, 2, 0.01), (16, 4, 0.2))]
+  records.write_cells(str(tmp_path / 'grid.jsonl'), cells)
   panels, results = khop_table.trained_panels(str(tmp_path))
   anna, winners = khop_table.grid_panels(str(tmp_path), 16, 4)
   assert panels['full'] == {1: {0: 0.0, 1: 0.3}, 2: {0: 0.0, 1: 0.01}} and len(results) == 3

@@ -46,18 +46,18 @@ def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch, tra
   monkeypatch.setattr(grid.RunEvaluator, 'cell', lambda self, *a: calls.append(a) or real_cell(self, *a))
   rows = grid.run_grid(c, str(tmp_path))
   assert len(rows) == 2 * 2 * 2 == len(calls)  # 2 runs (betas) x 2 table counts x 2 hash counts
-  assert {r['beta'] for r in rows} == {0.1, 10.0}
+  assert {r.beta for r in rows} == {0.1, 10.0}
   for r in rows:
-    assert len(r['errors']) == 2 and np.isclose(r['mean'], np.mean(r['errors']))
-    assert 0.0 <= r['mean'] <= 1.0 and 0.0 <= r['surrogate_error'] <= 1.0 and r['step'] == 12
+    assert len(r.errors) == 2 and np.isclose(r.mean, np.mean(r.errors))
+    assert 0.0 <= r.mean <= 1.0 and 0.0 <= r.surrogate_error <= 1.0 and r.step == 12
   assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
   assert 'z=1' in (tmp_path / 'grid.md').read_text()
   assert list((tmp_path / 'tb' / 'grid').iterdir())
   # Same draws, same numbers: a second evaluation of one cell is identical.
-  run = dict(sweep.validate(c))[rows[0]['run']]
-  evaluator = grid.RunEvaluator(run, str(tmp_path / 'runs' / rows[0]['run']))
-  again, _, _, _ = evaluator.cell(tuple(rows[0]['tables']), rows[0]['hashes'], 2, c.grid.seed)
-  assert again == rows[0]['errors']
+  run = dict(sweep.validate(c))[rows[0].run]
+  evaluator = grid.RunEvaluator(run, str(tmp_path / 'runs' / rows[0].run))
+  again, _, _, _ = evaluator.cell(rows[0].tables, rows[0].hashes, 2, c.grid.seed)
+  assert tuple(again) == rows[0].errors
 
   # Killed mid-grid: drop the last three cells from grid.jsonl; the same call recomputes only those.
   lines = (tmp_path / 'grid.jsonl').read_text().splitlines()
@@ -65,10 +65,10 @@ def test_grid_evaluates_every_trained_run_and_resumes(tmp_path, monkeypatch, tra
   calls.clear()
   resumed = grid.run_grid(c, str(tmp_path))
   assert len(calls) == 3
-  key = lambda r: (r['run'], tuple(r['tables']), r['hashes'])
+  key = lambda r: (r.run, r.tables, r.hashes)
   assert sorted(map(key, resumed)) == sorted(map(key, rows))
-  by_key = {key(r): r['errors'] for r in rows}
-  assert all(by_key[key(r)] == r['errors'] for r in resumed)
+  by_key = {key(r): r.errors for r in rows}
+  assert all(by_key[key(r)] == r.errors for r in resumed)
 
 
 def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
@@ -81,10 +81,10 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   c.grid.tables_per_layer, c.grid.hashes, c.grid.draws = ((2, 4), (1, 3)), (1, 2), 1
   sweep.run_sweep(c, str(tmp_path))
   rows = grid.run_grid(c, str(tmp_path))
-  assert len(rows) == 2 * 2 * 2 and all(len(r['tables']) == 2 for r in rows)
+  assert len(rows) == 2 * 2 * 2 and all(len(r.tables) == 2 for r in rows)
   best = plots.best_over_hashes(rows)
   for tables, r in best.items():
-    assert r['mean'] == min(x['mean'] for x in rows if tuple(x['tables']) == tables)
+    assert r.mean == min(x.mean for x in rows if x.tables == tables)
   text = (tmp_path / 'grid.md').read_text()
   assert 'l1 \\ l2' in text and '(z=' in text
   assert (tmp_path / 'grid.png').read_bytes()[:4] == b'\x89PNG'
@@ -92,10 +92,10 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   # per k (this test set holds k = 1 only, so it is the cell's error).
   c.grid.tables_per_layer, c.grid.tables_every_layer = (), (1, 3)
   rows = grid.run_grid(c, str(tmp_path))
-  uniform = [r for r in rows if r['tables'] in ([1, 1], [3, 3])]
+  uniform = [r for r in rows if r.tables in ((1, 1), (3, 3))]
   assert len(rows) == 2 * 2 * 2 + len(uniform) and len(uniform) == 2 * 2
   for r in uniform:
-    assert r['errors_by_k'] == {'1': r['mean']} and r['max_k_solved'] == (0 if r['mean'] < 0.05 else -1)
+    assert r.errors_by_k == {1: r.mean} and r.max_k_solved == (0 if r.mean < 0.05 else -1)
   assert '| tables (every layer) | z=1 | z=2 |' in grid.grid_markdown(uniform)
 
 
@@ -109,8 +109,8 @@ def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path, tra
   results = sweep.run_sweep(longer, str(tmp_path))
   assert results[0]['steps'] == 18 and results[0]['resumed_from'] == 12
   rows = grid.run_grid(longer, str(tmp_path))
-  assert len(rows) == 2 * len(first) and {r['step'] for r in rows} == {12, 18}
-  assert grid.latest_rows(rows) == [r for r in rows if r['step'] == 18]
+  assert len(rows) == 2 * len(first) and {r.step for r in rows} == {12, 18}
+  assert records.latest_cells(rows) == [r for r in rows if r.step == 18]
   assert 'step 18' in (tmp_path / 'grid.md').read_text()
 
 
@@ -138,11 +138,11 @@ def test_a_cell_is_evaluated_again_when_anything_behind_its_numbers_changes(tmp_
     experiment.set_field(changed, path, value)
     rows = grid.run_grid(changed, str(tmp_path))
     assert len(calls) == 1, path  # recomputed, not read back as if it were the old cell
-    saved = grid.read_rows(str(tmp_path / 'grid.jsonl'))  # the new row replaced the old one on disk
+    saved = records.read_cells(str(tmp_path / 'grid.jsonl'))  # the new row replaced the old one on disk
     setting = {'grid.draws': 'draws', 'grid.seed': 'grid_seed'}.get(path, path)
-    assert len(rows) == len(saved) == 1 and saved[0]['settings'][setting] == value
+    assert len(rows) == len(saved) == 1 and saved[0].settings[setting] == value
     calls.clear()
-  assert rows[0]['draws'] == 2 and rows[0]['settings']['attention.anna.family'] == 'crosspolytope'
+  assert rows[0].draws == 2 and rows[0].settings['attention.anna.family'] == 'crosspolytope'
   # A field behind the weights: the checkpoint was not trained with it, so the grid refuses to evaluate it.
   saved = (tmp_path / 'grid.jsonl').read_text()
   with pytest.raises(records.StaleRun, match='optim.learning_rate'):
@@ -167,7 +167,7 @@ def test_grid_models_carry_the_cell_tables_hashes_and_family():
   from flax import nnx
   model = Transformer(experiment.grid_model(x, (3, 5), 2), rngs=nnx.Rngs(0))
   cores = [block.attention.core for block in model.blocks]
-  assert [core.kind for core in cores] == ['anna', 'anna']
+  assert [type(core).__name__ for core in cores] == ['ANNAAttention'] * 2
   assert [core.config.num_tables for core in cores] == [3, 5] and {core.config.num_hashes for core in cores} == {2}
   assert [core.hashes.projections[...].shape[1] for core in cores] == [3, 5]  # (heads, tables, hashes, d, d')
   assert all(core.config.family == 'crosspolytope' for core in cores)

@@ -51,7 +51,7 @@ def test_same_seed_same_model_and_hash_projections_are_not_trained():
 
 def test_resampled_hashes_change_between_calls_fixed_ones_do_not():
   tokens = jax.random.randint(jax.random.key(1), (1, 32), 0, 10)
-  resampling = dataclasses.replace(ANNA, anna=dataclasses.replace(ANNA.anna, resample_hashes=True))
+  resampling = ANNA.replace(anna=dataclasses.replace(ANNA.anna, resample_hashes=True))
   for attention, should_change in ((ANNA, False), (resampling, True)):
     model = Transformer(config(attention=attention), rngs=nnx.Rngs(0))
     first, second = model(tokens)[0], model(tokens)[0]
@@ -64,8 +64,7 @@ def test_full_attention_weights_load_into_anna_model():
   anna = Transformer(config(attention=ANNA), rngs=nnx.Rngs(1))
   nnx.update(anna, nnx.state(full, nnx.Param))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 10)
-  wide = dataclasses.replace(ANNA_SOFTMAX, anna_softmax=ANNASoftmaxConfig(num_tables=1, num_hashes=0, chunk_size=8,
-                                                                          window=16))
+  wide = ANNA_SOFTMAX.replace(anna_softmax=ANNASoftmaxConfig(num_tables=1, num_hashes=0, chunk_size=8, window=16))
   exact = Transformer(config(attention=wide), rngs=nnx.Rngs(2))
   nnx.update(exact, nnx.state(full, nnx.Param))
   np.testing.assert_allclose(exact(tokens)[0], full(tokens)[0], atol=1e-5)
@@ -100,7 +99,7 @@ def test_unit_softmax_is_softmax_of_beta_times_cosine():
 
 def test_per_layer_attention_and_surrogate_weights_load_into_anna():
   surrogate = Transformer(config(attention=AttentionConfig(kind='unit_softmax', unit_softmax=UnitSoftmaxConfig(beta=1.0))), rngs=nnx.Rngs(0))
-  layers = tuple(dataclasses.replace(ANNA, anna=dataclasses.replace(HASHING, num_tables=t)) for t in (6, 2))
+  layers = tuple(ANNA.replace(anna=dataclasses.replace(HASHING, num_tables=t)) for t in (6, 2))
   anna = Transformer(config(layer_attention=layers), rngs=nnx.Rngs(1))
   assert [b.attention.core.hashes.projections[...].shape[1] for b in anna.blocks] == [6, 2]
   nnx.update(anna, nnx.state(surrogate, nnx.Param))

@@ -15,28 +15,28 @@ SERVES = '''
 import os, sys
 import jax, jax.numpy as jnp, numpy as np
 import anna_jax
-from anna_jax import cpu_kernel
+from anna_jax import cpu_kernel, kernel_build
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 site = sys.argv[1]
 assert anna_jax.__file__.startswith(site), anna_jax.__file__
-assert cpu_kernel.SOURCES[0].startswith(site) and cpu_kernel.available()
+assert kernel_build.SOURCES[0].startswith(site) and cpu_kernel.available()
 assert any(name.endswith('.so') for name in os.listdir(os.environ['ANNA_JAX_CACHE']))
 q, k, v = (jax.random.normal(jax.random.key(i), (1, 32, 2, 8)) for i in range(3))
 for fn, make in ((anna_attention, ANNAConfig), (anna_softmax_attention, ANNASoftmaxConfig)):
   outs = []
-  for plan in ('cpu', 'accelerator'):
+  for plan in ('cpu_kernel', 'accelerator'):
     config = make(num_tables=2, num_hashes=2, loop_plan=plan)
     outs.append(fn(q, k, v, draw_projections(jax.random.key(5), 2, 8, config), config, causal=True)[0])
-  assert cpu_kernel.serves('cpu')
+  assert cpu_kernel.available()
   np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
 print('served')
 '''
 
 MISSING = '''
 import os, sys
-from anna_jax import cpu_kernel
-os.remove(cpu_kernel.HEADERS[0])
+from anna_jax import cpu_kernel, kernel_build
+os.remove(kernel_build.HEADERS[0])
 try:
   cpu_kernel.available()
 except cpu_kernel.KernelBuildError as e:

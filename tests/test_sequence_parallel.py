@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from jax import export
 
-from anna_jax import cpu_kernel
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 from anna_jax.lsh import hash_codes
@@ -87,7 +86,7 @@ def test_length_must_split_over_devices(mesh):
 def cuda_while_loops(mesh, attend):
   """Per loop plan, the loops (stablehlo.while) of attend(q, k, v, plan), exported for CUDA at n = 1024."""
   loops = {}
-  for plan in ('accelerator', 'cpu'):
+  for plan in ('accelerator', 'cpu_xla'):
     x = jax.ShapeDtypeStruct((2, 1024, 2, 8), jnp.bfloat16, sharding=jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec(None, 'seq')))
     module = export.export(jax.jit(lambda q, k, v, plan=plan: attend(q, k, v, plan)), platforms=['cuda'])(
@@ -106,7 +105,7 @@ def test_accelerator_plan_exports_for_cuda_with_only_the_scan_over_tables(mesh):
     return sequence_parallel_anna_softmax(q, k, v, proj, config, mesh, causal=True)[0]
 
   loops = cuda_while_loops(mesh, attend)
-  assert loops['accelerator'] == 1 and loops['cpu'] > 1, loops
+  assert loops['accelerator'] == 1 and loops['cpu_xla'] > 1, loops
 
 
 # --- sequence_parallel_anna: Algorithm 1 with the sequence sharded ----------------------------------------------
@@ -181,10 +180,10 @@ def test_sequence_parallel_anna_refuses_codes_past_int32_and_uneven_table_groups
     sequence_parallel_anna(q, k, v, proj, config, mesh, tables_per_exchange=2)
 
 
-def test_sequence_parallel_anna_exports_for_cuda_without_device_or_chunk_loops(mesh, monkeypatch):
+def test_sequence_parallel_anna_exports_for_cuda_without_device_or_chunk_loops(mesh):
   # Accelerator plan, causal, routed: the only loops are the rounds of the exchange and the local walk's scan
-  # over tables. The XLA CPU plan (kernels off, as without a compiler) adds its row loop: the count can fail.
-  monkeypatch.setattr(cpu_kernel, 'serves', lambda plan: False)
+  # over tables. The XLA CPU plan ('cpu_xla', as 'auto' runs without a compiler) adds its row loop: the count
+  # can fail.
 
   def attend(q, k, v, plan):
     config = ANNAConfig(num_tables=3, num_hashes=12, loop_plan=plan)
@@ -192,7 +191,7 @@ def test_sequence_parallel_anna_exports_for_cuda_without_device_or_chunk_loops(m
     return sequence_parallel_anna(q, k, v, proj, config, mesh, causal=True)[0]
 
   loops = cuda_while_loops(mesh, attend)
-  assert loops['accelerator'] == 2 and loops['cpu'] > 2, loops
+  assert loops['accelerator'] == 2 and loops['cpu_xla'] > 2, loops
 
 
 def test_straight_through_anna_trains_q_and_k_under_a_sequence_mesh_as_on_one_device(mesh):

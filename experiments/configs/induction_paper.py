@@ -19,7 +19,8 @@ that the grid can read, a later command with more steps continues from the check
   python -m experiments.main --mode=train --config=experiments/configs/induction_paper.py \
       --workdir=runs/induction_paper --config.sweep.attention.unit_softmax.beta='(1.0,)' --config.train.steps=400000
 Grid on the latest result:
-  python -m experiments.grid --config=experiments/configs/induction_paper.py --workdir=runs/induction_paper \
+  python -m experiments.main --mode=grid --config=experiments/configs/induction_paper.py \
+      --workdir=runs/induction_paper \
       --config.sweep.attention.unit_softmax.beta='(1.0,)' --config.train.steps=S
 Measured here (2-core AMD EPYC VM, jax 0.10.2 CPU): 2.2-4.8 steps/s on one core pinned with taskset while the
 other core ran tests and benchmarks (about 6 steps/s with the machine to itself); 12,000 steps took 1 h 45 min.

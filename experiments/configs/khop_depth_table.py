@@ -13,7 +13,7 @@ N = 32 symbols (33 tokens with the k token), 4 letters, max_k = 8; width 64, 4 h
   anna_softmax  trained end to end: 4 tables x 3 hashes (8 buckets), window 64 >= N, so exact union attention
   reformer      2 rounds, 8 buckets, chunks of 8: O(1) bucket size, as the lower bound assumes
   lowrank       Performer, 64 random features; a width axis (32, 128) at depths 1, 3, 5 as well
-The exact commands, in the order they ran: experiments/results/khop_depth_table/run.sh; the table and heat maps:
+The exact commands, in the order they ran: experiments/scripts/khop_depth_table.sh; the table and heat maps:
   python -m experiments.khop_table --workdir=runs/khop_depth_table
 """
 
@@ -30,8 +30,9 @@ def get_config():
   c.attention.unit_softmax.beta = 8.0
   c.attention.anna_softmax.update(dict(num_tables=4, num_hashes=3, chunk_size=64, window=64))
   c.attention.reformer.update(dict(num_rounds=2, num_buckets=8, chunk_size=8))
-  # The grid (python -m experiments.grid, unit_softmax runs only): anna in every layer, the same table count in
-  # each; it needs a fixed test set: run.sh passes --config.evaluation.test_size=4096 (training used fresh ones).
+  # The grid (python -m experiments.main --mode=grid, unit_softmax runs only): anna in every layer, the same table
+  # count in each; it needs a fixed test set: experiments/scripts/khop_depth_table.sh passes
+  # --config.evaluation.test_size=4096 (training used fresh ones).
   c.grid.tables_every_layer, c.grid.hashes, c.grid.draws = (1, 4, 16, 64), (1, 2, 4, 6), 3
   c.sweep.model.depth = (1, 2, 3, 4, 5)
   c.sweep.attention.kind = ('full', 'unit_softmax', 'anna_softmax', 'reformer', 'lowrank')

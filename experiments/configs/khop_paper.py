@@ -8,7 +8,7 @@ grid), anna_softmax, reformer and lowrank: 25 runs. The CPU-scale version, with 
 Launch (one host, 8 GPUs: 8 shards of the 25 runs, one GPU each; then the grid and the table):
   python -m launch.launch --target=local --num_shards=8 --gpus=8 --workdir=runs/khop_paper -- --mode=train \
       --config=experiments/configs/khop_paper.py
-  python -m experiments.grid --config=experiments/configs/khop_paper.py --workdir=runs/khop_paper \
+  python -m experiments.main --mode=grid --config=experiments/configs/khop_paper.py --workdir=runs/khop_paper \
       --config.sweep.attention.kind="('unit_softmax',)" --config.evaluation.test_size=4096
   python -m experiments.khop_table --workdir=runs/khop_paper
 SLURM: the same first command with --target=slurm --num_shards=25 --gpus_per_node=1 (see README, Scaling out).

@@ -19,7 +19,7 @@ Earlier runs at beta = 0.1 and z <= 10: `--config.attention.unit_softmax.beta=0.
 
 Steps: the CPU forces fewer at large N (measured here, batch 32: ~90 steps/s at N = 32, ~15 at 128, ~2.5 at 512):
 20k (the paper's) at N = 32 and 64, 10k at 128, 5k at 256, 3k at 512, each given on its command line
-(experiments/results/match2_growing_n/beta3/run.sh). The GPU-scale version, N = 32..4096 at 20k steps each (beta = 3
+(experiments/scripts/match2_growing_n_beta3.sh). The GPU-scale version, N = 32..4096 at 20k steps each (beta = 3
 untested beyond N = 512):
   python -m experiments.main --config=experiments/configs/match2_growing_n.py:gpu --workdir=runs/match2_n_gpu
 (then experiments.n_scaling as below). Not run: no GPU was lent to this project's sessions.

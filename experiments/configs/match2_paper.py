@@ -11,7 +11,7 @@ linear decay, global-norm clipping at 1. Paper: beta = 0.1 is best; l >= 8 with 
 
 Exact commands (train the three surrogates, then the grid; the first also runs the grid when training ends):
   python -m experiments.main --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
-  python -m experiments.grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
+  python -m experiments.main --mode=grid --config=experiments/configs/match2_paper.py --workdir=runs/match2_paper
 Measured here (2-core AMD EPYC VM, jax 0.10.2 CPU, sharing the CPU with another job): 275-327 s of training per
 beta (52-85 steps/s), 4-7 minutes of grid per beta, 33 minutes in all; results in
 experiments/results/match2_paper/README.md.

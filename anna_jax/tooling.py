@@ -1,14 +1,82 @@
-"""TensorBoard event files written with the tensorboard package alone (no TensorFlow).
+"""What every command line of experiments, benchmarks and launch shares: bad input is one line on stderr and exit
+code 2 (never a traceback), short console lines without library noise, atomic file writes (a reader or a killed
+run sees the old file or the new one, never half of one), and TensorBoard event files written with the
+tensorboard package alone (no TensorFlow: scalars, PNG images, the HParams dashboard; only process 0 writes)."""
 
-Scalars, PNG images and the HParams dashboard's protos. Only process 0 writes: elsewhere it is a no-op.
-"""
-
+import functools
+import logging as std_logging
+import os
+import sys
+import tempfile
 import time
 
 import jax
+from absl import flags, logging
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata as hparams_metadata, plugin_data_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def fail(message, program='anna-jax'):
+  print(f'{program}: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def first_line(error):
+  return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def parse_flags(argv, program='anna-jax'):
+  """absl's flag parsing, with every parse error (bad value, unknown flag) as one line and exit code 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ValueError, TypeError, AttributeError, KeyError) as e:
+    fail(first_line(e), program)
+
+
+def flags_parser(program):
+  return functools.partial(parse_flags, program=program)
+
+
+def writable_dir(path, program='anna-jax'):
+  """Creates `path` if needed and checks that a file can be written there, before any work starts."""
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path, prefix='.write-check-'):
+      pass
+  except OSError as e:
+    fail(f'cannot write to {path}: {e.strerror or first_line(e)}', program)
+
+
+class _ShortFormatter(std_logging.Formatter):
+  """'HH:MM:SS message' (absl's default prefix alone is 45 columns)."""
+
+  def format(self, record):
+    stamp = time.strftime('%H:%M:%S', time.localtime(record.created))
+    level = '' if record.levelno < std_logging.WARNING else f'{record.levelname}: '
+    return f'{stamp} {level}{record.getMessage()}'
+
+
+def quiet_console():
+  """Short log lines; no backend probing ('Unable to initialize backend tpu') or per-save Orbax INFO lines."""
+  for name in ('jax._src.xla_bridge', 'absl.orbax', 'orbax'):
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
+  handler = logging.get_absl_handler()
+  handler.setFormatter(_ShortFormatter())
+  handler.python_handler.addFilter(lambda r: r.levelno >= std_logging.WARNING or 'orbax' not in r.pathname)
+
+
+def write_atomic(path, data):
+  """Writes str or bytes to `path` through a temporary file and a rename."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'wb' if isinstance(data, bytes) else 'w') as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+def format_seconds(seconds):
+  """'1h02m' or '3m05s'."""
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 class SummaryWriter:

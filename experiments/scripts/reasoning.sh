@@ -11,9 +11,9 @@ I=experiments/configs/induction_paper.py
 W=${W1:-runs/induction_paper}
 $PY -m experiments.main --mode=train --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
     --config.train.steps=5000
-$PY -m experiments.grid --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
+$PY -m experiments.main --mode=grid --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
     --config.train.steps=5000 --config.grid.tables_per_layer='((32,64,96),(4,16,32))' --config.grid.draws=3
-$PY -m experiments.swap_diagnosis --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
+$PY -m experiments.main --mode=diagnose --config=$I --workdir=$W --config.sweep.attention.unit_softmax.beta='(10.0,)' \
     --config.train.steps=5000 --cells=32:2,96:4,64:8,128:12 --sequences=16
 # 2. The collision-kernel surrogate (unit_softmax.collision_hashes z = 2, 4), 5,000 steps each, then grids
 #    (z = 2: stopped after 16 of 36 cells, induction_collision_z2_grid_partial.log; z = 4: the reduced grid with
@@ -22,12 +22,12 @@ W=${W2:-runs/induction_collision}
 S="--config.sweep.attention.unit_softmax.beta=(1.0,)"
 $PY -m experiments.main --mode=train --config=$I --workdir=$W $S \
     --config.sweep.attention.unit_softmax.collision_hashes='(2,4)' --config.train.steps=5000
-$PY -m experiments.grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(2,)' \
+$PY -m experiments.main --mode=grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(2,)' \
     --config.train.steps=5000 --config.grid.tables_per_layer='((32,64,96),(4,16,32))' --config.grid.draws=3
-$PY -m experiments.grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(4,)' \
+$PY -m experiments.main --mode=grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(4,)' \
     --config.train.steps=5000 --config.grid.tables_per_layer='((32,64,96),(4,16,32))' --config.grid.hashes='(2,4,6,8)' \
     --config.grid.draws=3
-$PY -m experiments.grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(4,)' \
+$PY -m experiments.main --mode=grid --config=$I --workdir=$W $S --config.sweep.attention.unit_softmax.collision_hashes='(4,)' \
     --config.train.steps=5000 --config.grid.tables_per_layer='((256,1024,4096),(256,1024,4096))' \
     --config.grid.hashes='(4,)' --config.grid.draws=2
 # 3. Fine-tuning with anna (Algorithm 1) in the loop from the beta = 10 surrogate: layer 1 64 tables, layer 2 16,
@@ -45,7 +45,7 @@ W=${W4:-runs/khop_collision}
 C=experiments/configs/khop_depth_table.py
 S="--config.sweep.attention.kind=('unit_softmax',) --config.sweep.attention.unit_softmax.collision_hashes=(8,)"
 $PY -m experiments.main --mode=train --config=$C --workdir=$W $S
-$PY -m experiments.grid --config=$C --workdir=$W $S --config.evaluation.test_size=4096 \
+$PY -m experiments.main --mode=grid --config=$C --workdir=$W $S --config.evaluation.test_size=4096 \
     --config.grid.tables_every_layer='(4,16,64)' --config.grid.hashes='(4,8,12)'
 $PY -m experiments.khop_table --workdir=$W --out=experiments/results/reasoning/khop_collision --fixed_cell=16,8
 
@@ -62,7 +62,7 @@ for through in True False; do
       --config.attention.anna.straight_through=$through --config.attention.anna.resample_hashes=True \
       --config.attention.anna.num_tables=8 --config.attention.anna.num_hashes=2
 done
-$PY -m experiments.grid --config=$Q --workdir=runs/match2_st_True "--config.sweep.attention.unit_softmax.beta=()" \
+$PY -m experiments.main --mode=grid --config=$Q --workdir=runs/match2_st_True "--config.sweep.attention.unit_softmax.beta=()" \
     "--config.sweep.attention.kind=('anna',)" --config.attention.anna.straight_through=True \
     --config.attention.anna.resample_hashes=True --config.attention.anna.num_tables=8 --config.attention.anna.num_hashes=2
 # 6. Induction heads trained through anna at the paper's cell (32, 4), z = 2, and at (64, 16), z = 4, 5,000 steps
@@ -72,7 +72,7 @@ for cell in "2 32 4" "4 64 16"; do set -- $cell
       "--config.attention.per_layer=({'anna.num_tables':$2},{'anna.num_tables':$3})" --config.train.steps=5000 \
       --config.evaluation.every=1000
 done
-$PY -m experiments.grid --config=$I --workdir=runs/induction_st_z2 $ST --config.attention.anna.num_hashes=2 \
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_st_z2 $ST --config.attention.anna.num_hashes=2 \
     "--config.attention.per_layer=({'anna.num_tables':32},{'anna.num_tables':4})" --config.train.steps=5000 \
     --config.evaluation.every=1000 "--config.grid.tables_per_layer=((32,64,96),(4,16,32))" --config.grid.draws=3
 # 7. k-hop (the depth-table config, depth 1..5) trained through anna, 16 tables x 8 hashes in every layer.
@@ -82,7 +82,7 @@ $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_st "--confi
 # 8. Induction heads, the collision-kernel surrogate at z = 16 (near-exact matches), then anna at z 8..20.
 S="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.sweep.attention.unit_softmax.collision_hashes=(16,)"
 $PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000
-$PY -m experiments.grid --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000 \
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_collision16 $S --config.train.steps=5000 \
     "--config.grid.tables_per_layer=((32,96,512),(4,32,512))" "--config.grid.hashes=(8,12,16,20)" --config.grid.draws=3
 # 9. k-hop (the depth-table config): full attention at depth d, then anna_softmax (4 tables x 3 hashes, window 64)
 #    warm-started from it (train.init_from; 5,000 more steps, the config's schedule), d = 2..5; then the table over

@@ -21,6 +21,6 @@ $PY -m experiments.main --mode=train --config=$C --workdir=$W --config.sweep.att
     --config.sweep.model.depth='(1,3,5)' --config.sweep.model.width='(32,128)'
 # anna (Algorithm 1) swapped into every layer of the unit_softmax surrogates, on 4,096 fixed test sequences
 # (beta = 1 in full; beta = 8 at depth 1 only so far: rerun to finish it)
-$PY -m experiments.grid --config=$C --workdir=$W --config.sweep.attention.kind="('unit_softmax',)" \
+$PY -m experiments.main --mode=grid --config=$C --workdir=$W --config.sweep.attention.kind="('unit_softmax',)" \
     --config.sweep.attention.unit_softmax.beta='(1.0,8.0)' --config.evaluation.test_size=4096
 $PY -m experiments.khop_table --workdir=$W --out=experiments/results/khop_depth_table

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Match2 as N grows (experiments/configs/match2_growing_n.py), on the 2-core CPU, 2026-12-02/03, with the paper's
-# beta = 0.1 and z <= 10 (the config's defaults then; now beta = 3 and z <= 16: beta3/run.sh).
+# beta = 0.1 and z <= 10 (the config's defaults then; now beta = 3 and z <= 16: experiments/scripts/match2_growing_n_beta3.sh).
 # One command per N (its own step budget); each trains the surrogate, then evaluates it with `anna` over the
 # grid. Rerun to resume a cut run. Then the report: tables and plots into this folder.
 set -e
