@@ -115,7 +115,7 @@ def run_grid(config, workdir, points=None):
     if result is None:
       logging.warning('grid: %s has not finished training; skipped', name)
       continue
-    if all(cell_key(name, result['steps'], t, z, settings) in done for t, z in todo):
+    if all(cell_key(name, result.steps, t, z, settings) in done for t, z in todo):
       continue
     evaluator = RunEvaluator(x, os.path.join(workdir, 'runs', name))
     logging.info('grid: %s (step %d), surrogate error %.4f; %d cells x %d draws', name, evaluator.step,

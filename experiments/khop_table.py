@@ -43,9 +43,9 @@ def trained_panels(workdir):
   runs = os.path.join(workdir, 'runs')
   for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
     result = records.read_result(os.path.join(runs, name))
-    if result and result.get('task.name') == 'khop' and result.get('status') == 'done':
-      panels.setdefault(variant(name), {})[result['model.depth']] = metrics.errors_by_k(result)
-      results.append({'name': name, **result})
+    if result and result.fields.get('task.name') == 'khop' and result.status == 'done':
+      panels.setdefault(variant(name), {})[result.fields['model.depth']] = metrics.errors_by_k(result.metrics)
+      results.append(dict(result))
   return panels, results
 
 

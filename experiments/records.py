@@ -18,6 +18,7 @@ result.json where there is one, and are otherwise adopted with a warning. Fields
 code later) count as recorded at their default.
 """
 
+import collections.abc
 import dataclasses
 import functools
 import json
@@ -139,22 +140,61 @@ def write_jsonl(path, rows):
   write_atomic(path, ''.join(json.dumps(r, sort_keys=True, default=str) + '\n' for r in rows))
 
 
+@dataclasses.dataclass(frozen=True)
+class RunResult(collections.abc.Mapping):
+  """A run's result, typed: what made it (`fields`), how it ended, its last metrics and how it ran. As a Mapping
+  it is the flat record result.json holds ('model.depth', 'status', 'eval/error', ...; `name` besides), which
+  tables, plots and the HParams dashboard read."""
+  name: str  # the run's directory name under runs/
+  status: str  # 'done', 'nan' (a non-finite loss stopped it) or 'time_limit'
+  steps: int  # steps completed
+  fields: dict  # every config field the run read: 'model.depth', 'attention.kind', ...
+  metrics: dict  # the last logged and evaluated values: 'train/loss', 'eval/error', 'eval/error_k1', ...
+  info: dict  # how it ran: compile_seconds, train_seconds, resumed_from, device, num_devices
+
+  INFO = ('compile_seconds', 'train_seconds', 'resumed_from', 'device', 'num_devices')
+
+  @classmethod
+  def from_flat(cls, name, flat):
+    """From result.json's flat record: metrics are named with a slash, `INFO` says how it ran, the rest are the
+    config fields."""
+    flat = {k: v for k, v in flat.items() if k != 'name'}
+    status, steps = flat.pop('status'), flat.pop('steps')
+    metrics = {k: v for k, v in flat.items() if '/' in k}
+    info = {k: v for k, v in flat.items() if k in cls.INFO}
+    fields = {k: v for k, v in flat.items() if k not in metrics and k not in info}
+    return cls(name, status, steps, fields, metrics, info)
+
+  def flat(self):
+    """result.json's record (without the name, which the directory gives)."""
+    return {**self.fields, 'status': self.status, 'steps': self.steps, **self.info, **self.metrics}
+
+  def __getitem__(self, key):
+    return self.name if key == 'name' else self.flat()[key]
+
+  def __iter__(self):
+    return iter(['name', *self.flat()])
+
+  def __len__(self):
+    return 1 + len(self.flat())
+
+
 def result_path(run_dir):
   return os.path.join(run_dir, 'result.json')
 
 
 def write_result(run_dir, result):
-  """A run's result.json: every field it read ('model.depth', ...), status, steps and its last metrics."""
-  write_atomic(result_path(run_dir), json.dumps(result, indent=1, sort_keys=True, default=str))
+  """A run's result.json (a RunResult's flat record), atomically."""
+  write_atomic(result_path(run_dir), json.dumps(result.flat(), indent=1, sort_keys=True, default=str))
 
 
 def read_result(run_dir):
-  """The run's result dict, None if it has not finished."""
+  """The RunResult of the run in run_dir, None if it has not finished."""
   path = result_path(run_dir)
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    return RunResult.from_flat(os.path.basename(os.path.normpath(run_dir)), json.load(f))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,13 +76,9 @@ def shard(points, shard_index, num_shards):
 
 
 def collect_results(workdir, names):
-  """The finished runs' results, each with its name."""
-  results = []
-  for name in names:
-    result = records.read_result(os.path.join(workdir, 'runs', name))
-    if result is not None:
-      results.append({'name': name, **result})
-  return results
+  """The finished runs' RunResults."""
+  results = [records.read_result(os.path.join(workdir, 'runs', name)) for name in names]
+  return [r for r in results if r is not None]
 
 
 def markdown_table(results):
@@ -101,7 +97,7 @@ def write_reports(workdir, names):
   results = collect_results(workdir, names)
   if jax.process_index() != 0 or not results:
     return results
-  records.write_jsonl(os.path.join(workdir, 'results.jsonl'), results)
+  records.write_jsonl(os.path.join(workdir, 'results.jsonl'), [dict(r) for r in results])
   write_atomic(os.path.join(workdir, 'results.md'), markdown_table(results))
   png, height, width = plots.error_vs_depth(results)
   write_atomic(os.path.join(workdir, 'error_vs_depth.png'), png)
@@ -147,7 +143,7 @@ def run_sweep(config, workdir, shard_index=0, num_shards=1, points=None, overwri
                shard_index, num_shards, os.path.abspath(workdir))
   def finished(name, x):  # a result for at least this many steps; a run asked for more steps continues
     result = records.read_result(os.path.join(workdir, 'runs', name))
-    return result is not None and result.get('steps', 0) >= x.train.steps  # done, or stopped by a non-finite loss
+    return result is not None and result.steps >= x.train.steps  # done, or stopped by a non-finite loss
 
   for i, (name, x) in enumerate(mine):
     run_dir = os.path.join(workdir, 'runs', name)

@@ -75,15 +75,16 @@ class Trainer:
 
 def train_and_evaluate(config, workdir, tb_dir=None, label=''):
   """Trains one run config (a config without `sweep`, see experiments.experiment) in `workdir`, resuming from
-  its latest checkpoint, and returns the result dict (see `run`)."""
+  its latest checkpoint, and returns its records.RunResult (see `run`)."""
   return run(experiment.build(config), workdir, tb_dir, label)
 
 
 def run(x, workdir, tb_dir=None, label=''):
-  """Trains the built Experiment `x` in `workdir` (resuming from its latest checkpoint); returns the result dict:
-  every config field the run read ('model.depth', ...), the last metrics, and status: 'done', 'nan' when a
-  non-finite loss stopped the run (the last good checkpoint is kept), or 'time_limit' (train.time_limit_s; steps
-  is then the steps completed, so a sweep resumes it). `label` prefixes console progress lines.
+  """Trains the built Experiment `x` in `workdir` (resuming from its latest checkpoint); returns its
+  records.RunResult: every config field the run read ('model.depth', ...), the last metrics, and status: 'done',
+  'nan' when a non-finite loss stopped the run (the last good checkpoint is kept), or 'time_limit'
+  (train.time_limit_s; steps is then the steps completed, so a sweep resumes it). `label` prefixes console
+  progress lines.
   """
   records.check(workdir, x)  # records.StaleRun if workdir holds a run trained with other settings
   os.makedirs(workdir, exist_ok=True)
@@ -182,9 +183,7 @@ def _run(trainer, workdir, tb_dir, label):
   train_seconds = time.perf_counter() - train_start
   writer.hparams_session_end(ok=progress.status == 'done')
   writer.close()
-  result = dict(x.fields)
-  result.update(status=progress.status, steps=steps, compile_seconds=round(compile_seconds, 3),
-                train_seconds=round(train_seconds, 3), resumed_from=start,
-                device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size)
-  result.update({k: (round(v, 6) if isinstance(v, float) else v) for k, v in progress.last.items()})
-  return result
+  info = dict(compile_seconds=round(compile_seconds, 3), train_seconds=round(train_seconds, 3), resumed_from=start,
+              device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size)
+  return records.RunResult(os.path.basename(os.path.normpath(workdir)), progress.status, steps, dict(x.fields),
+                           {k: (round(v, 6) if isinstance(v, float) else v) for k, v in progress.last.items()}, info)

@@ -313,7 +313,7 @@ def test_khop_table_puts_trained_runs_and_grid_cells_in_one_table(tmp_path):
   for name, depth, errors in (('khop-full-depth=1', 1, [0.0, 0.3]), ('khop-full-depth=2', 2, [0.0, 0.01]),
                               ('khop-unit_softmax-depth=2', 2, [0.01, 0.02])):
     (tmp_path / 'runs' / name).mkdir(parents=True)
-    result = {'task.name': 'khop', 'status': 'done', 'model.depth': depth,
+    result = {'task.name': 'khop', 'status': 'done', 'steps': 10, 'model.depth': depth,
               **{f'eval/error_k{k}': e for k, e in enumerate(errors)}}
     (tmp_path / 'runs' / name / 'result.json').write_text(json.dumps(result))
   cells = [records.GridCell(run='khop-unit_softmax-depth=2', step=5, tables=(t, t), hashes=z, draws=1, mean=m, std=0.0,

@@ -1,6 +1,7 @@
 """A run directory records the config that trained it; a command that differs in a field behind the run's numbers
 stops instead of resuming, skipping or evaluating the old run under the new settings."""
 
+import dataclasses
 import json
 
 import pytest
@@ -71,3 +72,20 @@ def test_stale_runs_stop_the_sweep_untouched_and_overwrite_trains_them_again(tmp
   results = sweep.run_sweep(changed, str(tmp_path), overwrite=True)
   assert [(r['optim.learning_rate'], r['resumed_from']) for r in results] == [(0.003, 0)]
   assert (tmp_path / 'runs' / 'khop-full-depth=2' / 'result.json').read_text() != kept
+
+
+def test_run_results_and_grid_cells_are_typed_and_round_trip(tmp_path):
+  result = records.RunResult('khop-full-depth=2', 'done', 40, {'seed': 0, 'model.depth': 2},
+                             {'eval/error': 0.25, 'eval/error_k1': 0.5}, {'compile_seconds': 1.5, 'device': 'cpu'})
+  (tmp_path / 'run').mkdir()
+  records.write_result(str(tmp_path / 'run'), result)
+  again = records.read_result(str(tmp_path / 'run'))
+  assert again == dataclasses.replace(result, name='run')  # the name is the directory's
+  assert again.fields == {'seed': 0, 'model.depth': 2} and again['eval/error'] == 0.25 and again['steps'] == 40
+  assert dict(again)['name'] == 'run' and 'status' in again and 'nope' not in again
+  cell = records.GridCell(run='r', step=5, tables=(2, 2), hashes=1, draws=2, mean=0.5, std=0.1, errors=(0.4, 0.6),
+                          no_collision_fraction=0.0, mean_collisions=3.0, surrogate_error=0.1, attention='full',
+                          beta=1.0, settings={'model.depth': 2}, errors_by_k={0: 0.0, 1: 1.0}, max_k_solved=0)
+  records.write_cells(str(tmp_path / 'grid.jsonl'), [cell, dataclasses.replace(cell, step=9)])
+  cells = records.read_cells(str(tmp_path / 'grid.jsonl'))
+  assert cells[0] == cell and records.latest_cells(cells) == [cells[1]] and cell.field('model.depth') == 2

@@ -5,6 +5,7 @@ registration."""
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from anna_jax import registry
@@ -31,6 +32,14 @@ class LocalAttention(nnx.Module):
     return out, {}
 
 
+def local_pairs(window, positions, shape, causal):
+  """(batch, heads, positions, n) bool: the keys within `window` of each sampled query (and not after it, causal)."""
+  batch, n, heads, _ = shape
+  offset = jnp.arange(n)[None, :] - positions[:, None]
+  allowed = (offset >= -window) & (offset <= (0 if causal else window))
+  return jnp.broadcast_to(allowed, (batch, heads, positions.shape[0], n))
+
+
 registry.register(registry.Kind(
     name='local', config=LocalConfig, build=LocalAttention,
     summary='softmax over the window keys on either side of each query (causal: before it)',
@@ -38,12 +47,3 @@ registry.register(registry.Kind(
     benchmarked=False,  # an example, not one of the paper's comparisons: measure it with --kinds=local
     flops=lambda c, n, d, attended_pairs=None: 4.0 * n * (2 * c.window + 1) * d,
     allowed=lambda module, positions, q, k, causal: local_pairs(module.config.window, positions, q.shape, causal)))
-
-
-def local_pairs(window, positions, shape, causal):
-  """(batch, heads, positions, n) bool: the keys within `window` of each sampled query (and not after it, causal)."""
-  import jax.numpy as jnp
-  batch, n, heads, _ = shape
-  offset = jnp.arange(n)[None, :] - positions[:, None]
-  allowed = (offset >= -window) & (offset <= (0 if causal else window))
-  return jnp.broadcast_to(allowed, (batch, heads, positions.shape[0], n))
