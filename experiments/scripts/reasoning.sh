@@ -98,20 +98,32 @@ for d in 2 3 4 5; do
   ln -sfn "$PWD/runs/khop_warm_d$d/runs/khop-anna_softmax-depth=$d" runs/khop_warm_all/runs/khop-anna_softmax_warm-depth=$d
 done
 $PY -m experiments.khop_table --workdir=runs/khop_warm_all --out=experiments/results/reasoning/khop_anna_softmax_warm
-# 10. Issue 31, second session (2026-12-06, 21:09-22:40 UTC, one core with `taskset -c 1`, code at 3fa0f33; the
-#     issue-34 refactor moves no number): part 9 at depth 4 and 5 with 30,000 more steps instead of 5,000. The
-#     full-attention runs are retrained by the same command (same largest k as part 9's; errors differ in the
-#     third digit: one core here, two threads there, so XLA sums in another order). The table over one workdir
-#     of links (khop-full-depth=d, khop-anna_softmax_warm30k-depth=d).
+# 10. Issue 31, second session (2026-12-06, 21:09-23:25 UTC, code at 3fa0f33; the issue-34 refactor moves no
+#     number): part 9 at depth 4 and 5 with 30,000 more steps instead of 5,000 (one after the other, one core,
+#     `taskset -c 1`), then the control: full attention continued the same way (init_from its own 5k-step run,
+#     30,000 more steps; depth 4 and 5 at once, one core each). The full-attention runs are retrained by the
+#     part-9 command (same largest k as part 9's; errors differ in the third digit: one core here, two threads
+#     there, so XLA sums in another order). The table over one workdir of links.
 for d in 4 5; do
   $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full "--config.sweep.attention.kind=('full',)" \
       "--config.sweep.model.depth=($d,)"
+done
+for d in 4 5; do
   $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_warm30k_d$d \
       "--config.sweep.attention.kind=('anna_softmax',)" "--config.sweep.model.depth=($d,)" \
       --config.train.init_from=runs/khop_full/runs/khop-full-depth=$d --config.train.steps=30000 \
       --config.evaluation.every=10000
-  mkdir -p runs/khop_warm30k_all/runs
+done
+for d in 4 5; do
+  $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full_cont30k_d$d \
+      "--config.sweep.attention.kind=('full',)" "--config.sweep.model.depth=($d,)" \
+      --config.train.init_from=runs/khop_full/runs/khop-full-depth=$d --config.train.steps=30000 \
+      --config.evaluation.every=10000
+done
+mkdir -p runs/khop_warm30k_all/runs
+for d in 4 5; do
   ln -sfn "$PWD/runs/khop_full/runs/khop-full-depth=$d" runs/khop_warm30k_all/runs/khop-full-depth=$d
+  ln -sfn "$PWD/runs/khop_full_cont30k_d$d/runs/khop-full-depth=$d" runs/khop_warm30k_all/runs/khop-full_cont30k-depth=$d
   ln -sfn "$PWD/runs/khop_warm30k_d$d/runs/khop-anna_softmax-depth=$d" \
       runs/khop_warm30k_all/runs/khop-anna_softmax_warm30k-depth=$d
 done
