@@ -7,7 +7,8 @@ from anna_jax.baselines import full_attention, full_blockwise_attention, lowrank
 from anna_jax.lsh import hash_codes
 from anna_jax.model import Transformer, TransformerConfig
 from anna_jax.reformer import ReformerConfig, reformer_attention
-from anna_jax.registry import Kind, kind_names, register
+from anna_jax.registry import Kind, register
+from anna_jax.registry import names as kind_names
 import anna_jax.kinds  # noqa: E402,F401 -- registers every kind in anna_jax/kinds/
 
 __all__ = ['ANNAConfig', 'ANNAStats', 'anna_attention', 'draw_projections', 'ANNASoftmaxConfig',

@@ -47,7 +47,8 @@ class AttentionConfig:
     for spec in registry.kinds():
       value = sections.get(spec.name, spec.config())
       if not isinstance(value, spec.config):
-        raise TypeError(f'attention section {spec.name!r} must be a {spec.config.__name__}, got {type(value).__name__}')
+        raise TypeError(f'attention section {spec.name!r} must be a {spec.config.__name__}, '
+                        f'got {type(value).__name__}')
       filled[spec.name] = value
     object.__setattr__(self, 'kind', kind)
     object.__setattr__(self, '_sections', filled)

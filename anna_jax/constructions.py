@@ -30,7 +30,6 @@ probability 2^-z per key) leave few false colliders: Theorem 3.4's z = Theta(log
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -80,8 +80,6 @@ def names():
   return tuple(_KINDS)
 
 
-kind_names = names  # as anna_jax exports it
-
 
 def get(name):
   if name not in _KINDS:

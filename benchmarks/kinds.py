@@ -14,7 +14,7 @@ from anna_jax import registry
 from anna_jax.attention import AttentionConfig, make_attention
 from anna_jax.baselines import FullConfig
 
-# Benchmark-only variants of a registered kind: name -> (kind, settings). GPU only: not in cpu_kinds().
+# Benchmark-only variants of a registered kind: name -> (kind, settings). GPU only: default off CPU only.
 VARIANTS = {'full_cudnn': ('full', FullConfig(implementation='cudnn'))}
 
 
@@ -32,7 +32,7 @@ def default_kinds(backend):
 
 def exact_kinds():
   """The kinds that compute exact softmax attention: the baselines every speed-up is measured against."""
-  return tuple(name for name in kinds() if registry.get(attention_config_kind(name)).exact)
+  return tuple(name for name in kinds() if registration(name).exact)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +92,13 @@ def analytic_flops(config, n, batch, heads, d, attended_pairs=None):
   return rows * flops(config.settings, n, d, None if attended_pairs is None else attended_pairs / rows)
 
 
+def registration(kind):
+  """The registry's Kind behind a benchmark kind (a variant's: its base kind's)."""
+  return registry.get(VARIANTS.get(kind, (kind,))[0])
+
+
 @dataclasses.dataclass
-class Kind:
+class KindAtLength:
   """One kind at one length: fn(q, k, v) -> (out, stats dict); the pairs its quality is judged on."""
   fn: callable
   setting: str
@@ -115,26 +120,11 @@ def make_kind(kind, n, key, s):
   def allowed(positions, q, k):
     return spec.allowed(module, positions, q, k, s.causal)
 
-  return Kind(fn, describe(config), analytic_flops(config, n, s.batch, s.heads, s.head_dim),
+  return KindAtLength(fn, describe(config), analytic_flops(config, n, s.batch, s.heads, s.head_dim),
               allowed if spec.allowed else None, config)
 
 
 def keys_of(kind, q, k):
   """The keys a kind's quality reference scores against (Reformer's are its unit-normalised queries)."""
-  reference_keys = registry.get(attention_config_kind(kind)).reference_keys
+  reference_keys = registration(kind).reference_keys
   return reference_keys(q, k) if reference_keys else k
-
-
-def attention_config_kind(kind):
-  """The registered kind a benchmark kind runs."""
-  return VARIANTS.get(kind, (kind,))[0]
-
-
-def judged(kind):
-  """Whether the benchmark measures the kind's relative error against exact softmax over its allowed pairs."""
-  return registry.get(attention_config_kind(kind)).judged
-
-
-def loop_free(kind):
-  """Whether XLA's cost analysis counts the kind's FLOPs right (no loops in its graph)."""
-  return registry.get(attention_config_kind(kind)).loop_free

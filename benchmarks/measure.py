@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import oracle
-from benchmarks.kinds import analytic_flops, judged, keys_of, loop_free, make_kind
+from benchmarks.kinds import analytic_flops, keys_of, make_kind, registration
 
 MODES = ('forward', 'train')  # train = forward + backward (gradients of q, k, v)
 
@@ -146,7 +146,7 @@ def measure(s, kind, mode, n, budget, peak_gflops, trace_dir=None):
   if memory is not None:
     record.peak_bytes = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes +
                             memory.output_size_in_bytes - memory.alias_size_in_bytes)
-  if loop_free(kind):  # no loops: XLA's count is right
+  if registration(kind).loop_free:  # no loops: XLA's count is right
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     record.xla_flops = float((cost or {}).get('flops', float('nan')))
@@ -187,7 +187,7 @@ def quality(record, spec, s, q, k, v, key):
   for name in ('dropped_fraction', 'no_collision_fraction', 'mean_collisions'):
     if name in stats:
       setattr(record, name, float(stats[name]))
-  if judged(record.kind):
+  if registration(record.kind).judged:  # relative error against exact softmax over its allowed pairs
     n = q.shape[1]
     positions = jnp.sort(jax.random.choice(key, n, (min(s.quality_queries, n),), replace=False))
     error = jax.jit(functools.partial(relative_error, record.kind, allowed=spec.allowed, causal=s.causal))

@@ -225,7 +225,7 @@ def main(argv):
       for row in evaluate_n(2**e, alphabet, ks, base, tables, hashes, draws, FLAGS['seed'].value, width,
                             FLAGS['softmax_up_to'].value, done):
         rows.append(row)
-        write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+        records.write_jsonl(path, rows)
         what = f"l={row['tables']} z={row['hashes']}" if row['kind'] == 'anna' else 'exact softmax'
         print(f"A={alphabet} N=2^{e}: {what} error by k {row['errors_by_k']}, {row['seconds']:.3g} s", flush=True)
   print(markdown(write_reports(out, rows, FLAGS['tolerance'].value), FLAGS['tolerance'].value))

@@ -11,7 +11,6 @@ one fixed cell). Writes khop_table.md, khop_table.png and results.jsonl (every r
 """
 
 import io
-import json
 import os
 import re
 
@@ -170,7 +169,7 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   write_atomic(os.path.join(out, 'khop_table.md'), markdown(panels, winners))
   write_atomic(os.path.join(out, 'khop_table.png'), heat_maps(panels))
-  write_atomic(os.path.join(out, 'results.jsonl'), ''.join(json.dumps(r, sort_keys=True) + '\n' for r in results))
+  records.write_jsonl(os.path.join(out, 'results.jsonl'), results)
   print(open(os.path.join(out, 'khop_table.md')).read())
 
 

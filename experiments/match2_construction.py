@@ -216,7 +216,7 @@ def main(argv):
     hashes = sorted({max(1, e + o) for o in offsets})
     for row in evaluate_n(2**e, tables, hashes, draws, FLAGS['seed'].value, width, FLAGS['softmax_up_to'].value, done):
       rows.append(row)
-      write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+      records.write_jsonl(path, rows)
       what = (f"l={row['tables']} z={row['hashes']} error {row['mean']:.4f}" if row['kind'] == 'anna'
               else f"exact softmax error {row['error']:.4f}")
       print(f"N=2^{e}: {what}, {row['seconds']:.3g} s", flush=True)

@@ -7,7 +7,7 @@ import optax
 import jax.numpy as jnp
 
 from anna_jax import registry
-from anna_jax.tasks import SOLVED_ERROR, max_k_solved  # noqa: F401 -- one threshold, the task module's
+from anna_jax.tasks import max_k_solved  # noqa: F401 -- "solved" is the task module's (one threshold)
 
 def loss_and_metrics(model, batch, task=None):
   """(mean cross-entropy over loss_mask, metrics): errors and counted tokens over eval_mask, the attention's stats

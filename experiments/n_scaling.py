@@ -13,7 +13,6 @@ fixed cells; the cheapest cell's l and cost against N with fitted slopes beside 
 log2 N; collision statistics against N) and n_scaling.jsonl (the first table's rows).
 """
 
-import json
 import os
 
 import numpy as np
@@ -218,7 +217,7 @@ def main(argv):
   out = FLAGS['out'].value or FLAGS['workdir'].value
   os.makedirs(out, exist_ok=True)
   write_atomic(os.path.join(out, 'n_scaling.md'), text)
-  write_atomic(os.path.join(out, 'n_scaling.jsonl'), ''.join(json.dumps(t, sort_keys=True) + '\n' for t in table))
+  records.write_jsonl(os.path.join(out, 'n_scaling.jsonl'), table)
   write_atomic(os.path.join(out, 'n_scaling.png'), figure(table, by_n, fixed, needed))
   print(text)
 
