@@ -128,3 +128,44 @@ for d in 4 5; do
       runs/khop_warm30k_all/runs/khop-anna_softmax_warm30k-depth=$d
 done
 $PY -m experiments.khop_table --workdir=runs/khop_warm30k_all --out=experiments/results/reasoning/khop_anna_softmax_warm30k
+# ---- Third session (2026-12-07, 23:57-02:57 UTC, code at 81b715f; each run pinned to one core, two at once, so the
+# steps/s in the logs are not speed measurements).
+# 11. Figure 1b: the paper's beta = 1 surrogate with a schedule that lets it converge in CPU time: 1,000 warm-up
+#     steps, then a linear decay to 0 at 24,000 steps (the paper's lr 0.01, batch 32, Adam); then the paper's grid
+#     (l1 32..96 x l2 4..32 x z 1..4 x 10 draws).
+B1="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.train.steps=24000 --config.optim.schedule=linear_decay"
+$PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_decay24k $B1
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_decay24k $B1
+# 12. k-hop (the depth-table config): anna (Algorithm 1) trained through (straight-through: the collision kernel's
+#     gradient for q and k, hashes redrawn every step), warm-started from the 5,000-step full-attention run (part
+#     9's), 32 tables x 4 hashes in every layer; 5,000 and 20,000 more steps at depth 4.
+#     Then 128 x 8 at depth 3 (full attention retrained there by part 9's command), 4 and 5, 256 x 8 at depth 4,
+#     and the control: 128 x 8 at depth 4 from scratch. (The first run evaluated every 2,500 steps; evaluation does
+#     not touch the training state.)
+$PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full "--config.sweep.attention.kind=('full',)" \
+    "--config.sweep.model.depth=(3,)"
+for run in "4 32 4 5000" "4 32 4 20000" "4 128 8 5000" "5 128 8 5000" "3 128 8 5000" "4 256 8 5000"; do set -- $run
+  $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_anna_warm_d$1_l$2_z$3_s$4 \
+      "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=($1,)" \
+      --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+      --config.attention.anna.num_tables=$2 --config.attention.anna.num_hashes=$3 \
+      --config.train.init_from=runs/khop_full/runs/khop-full-depth=$1 --config.evaluation.every=5000 \
+      --config.train.steps=$4
+done
+$PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_anna_scratch_d4_l128_z8 \
+    "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=(4,)" \
+    --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+    --config.attention.anna.num_tables=128 --config.attention.anna.num_hashes=8 --config.evaluation.every=5000
+# 13. The part-11 surrogate fine-tuned THROUGH anna at the paper's cell (layer 1: 32 tables, layer 2: 4, z = 2),
+#     straight-through, hashes redrawn every step, lr 1e-3 (100 warm-up steps, linear decay), 2,000 steps; then
+#     (32, 96) x (4, 32) at z = 2 with 10 draws.
+F="--config.sweep.attention.unit_softmax.beta=() --config.sweep.attention.kind=('anna',)
+ --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True
+ --config.attention.anna.num_hashes=2 --config.attention.per_layer=({'anna.num_tables':32},{'anna.num_tables':4})
+ --config.train.init_from=runs/induction_b1_decay24k/runs/khop-unit_softmax-beta=1 --config.optim.learning_rate=0.001
+ --config.optim.warmup_steps=100 --config.optim.schedule=linear_decay --config.train.steps=2000
+ --config.evaluation.every=500 --config.train.checkpoint_every=500"
+$PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_st_ft $F
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_st_ft $F \
+    "--config.grid.tables_per_layer=((32,96),(4,32))" "--config.grid.hashes=(2,)" --config.grid.draws=10
+# 14. Training throughput (item 2): benchmarks/scripts/train_step_profile.sh, nothing else running.

@@ -1,0 +1,132 @@
+"""Where a train step's time goes: steps/s of the compiled step, XLA's FLOP count, the share of the FLOP bound,
+and the most expensive compiled ops (from a jax.profiler trace), for one experiment config.
+
+  python benchmarks/scripts/train_step_profile.py --config=experiments/configs/induction_paper.py \
+      --out=benchmarks/results/train_step_profile/induction.md [--config.x.y=...]
+
+The FLOP bound is the step's FLOPs at the machine's matmul peak, measured in the same process
+(benchmarks.measure.matmul_peak: one large float32 matmul): the time the step would take if every FLOP ran at
+that rate and nothing else cost anything. Time it with nothing else running on the machine (or pin it with
+`taskset -c 1` and say so).
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from anna_jax.tooling import write_atomic  # noqa: E402
+from benchmarks.measure import device_name, matmul_peak  # noqa: E402
+from experiments import experiment  # noqa: E402
+from experiments.train import Trainer  # noqa: E402
+
+CONFIG = config_flags.DEFINE_config_file('config', None, 'an experiment config (experiments/configs/*.py)')
+OUT = flags.DEFINE_string('out', '', 'markdown file to write (default: print only)')
+REPS = flags.DEFINE_integer('reps', 30, 'steps per timing (best of 3)')
+TOP = flags.DEFINE_integer('top', 25, 'compiled ops listed')
+
+
+def best_seconds(fn, *args, reps):
+  jax.block_until_ready(fn(*args))
+  best = float('inf')
+  for _ in range(3):
+    start = time.perf_counter()
+    for _ in range(reps):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    best = min(best, (time.perf_counter() - start) / reps)
+  return best
+
+
+def op_descriptions(hlo_text):
+  """{op name: 'shape kind (what jax op it came from)'} from compiled HLO text."""
+  described = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w-]+)\(', line)
+    if m:
+      origin = re.search(r'op_name="([^"]*)"', line)
+      described.setdefault(m.group(1), f'{m.group(2)} {m.group(3)} {origin.group(1)[-60:] if origin else ""}')
+  return described
+
+
+def op_times(step, args, steps=10):
+  """{op name: seconds per step} from a profiler trace of `steps` calls."""
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      for _ in range(steps):
+        out = step(*args)
+      jax.block_until_ready(out)
+    events = json.load(gzip.open(glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]))['traceEvents']
+  totals = collections.Counter()
+  for event in events:
+    name = event.get('name', '')
+    compiled_op = not name.startswith(('$', 'Thunk', 'Pjit')) and '::' not in name  # not waits, not Python
+    if event.get('ph') == 'X' and 'dur' in event and compiled_op:
+      totals[name] += event['dur'] * 1e-6 / steps
+  return totals
+
+
+def category(description):
+  if 'jit(' not in description:  # XLA kept no jax origin for it (fusions it built, thread-pool events)
+    return 'other, origin not recorded'
+  backward = 'transpose(' in description
+  if ' dot ' in description or 'dot_general' in description:
+    if backward and ' dot ' in description:
+      return 'matmul, backward (weight gradients, plain dot)'
+    return 'matmul, backward' if backward else 'matmul, forward'
+  return 'other, backward' if backward else 'other, forward'
+
+
+def main(_):
+  x = experiment.build(CONFIG.value)
+  trainer = Trainer(x)
+  step = jax.jit(trainer._train_step)  # not donating: the same state is stepped again and again
+  args = (trainer.initial_state, jnp.int32(0), trainer.train_set)
+  seconds = best_seconds(step, *args, reps=REPS.value)
+  compiled = step.lower(*args).compile()
+  cost = compiled.cost_analysis()
+  # XLA counts the FLOPs of one device's share of a partitioned step; the step does that on every device.
+  flops = float((cost[0] if isinstance(cost, list) else cost)['flops']) * trainer.mesh.size
+  rate = matmul_peak(jnp.float32) * 1e9
+  times = op_times(step, args)
+  described = op_descriptions(compiled.as_text())
+  by_category = collections.Counter()
+  for name, t in times.items():
+    by_category[category(described.get(name, ''))] += t
+  traced = sum(times.values())
+  lines = [f'# Train-step profile: {CONFIG.value.task.name}, {os.path.basename(sys.argv[0])}', '',
+           f'device: {device_name()}; {jax.device_count()} JAX device(s), jax {jax.__version__}; this process may run '
+           f'on {len(os.sched_getaffinity(0))} core(s)', '',
+           '| measure | value |', '|---|---|',
+           f'| step time | {seconds * 1e3:.1f} ms ({1 / seconds:.2f} steps/s) |',
+           f'| FLOPs per step (XLA cost analysis) | {flops / 1e9:.2f} G |',
+           f'| achieved | {flops / seconds / 1e9:.1f} GFLOP/s |',
+           f'| matmul peak (f32, benchmarks.measure.matmul_peak, same process) | {rate / 1e9:.1f} GFLOP/s |',
+           f'| FLOP bound (FLOPs at that rate) | {flops / rate * 1e3:.1f} ms |',
+           f'| share of the FLOP bound | {flops / rate / seconds:.0%} |', '',
+           f'Traced op time {traced * 1e3:.1f} ms per step (summed over devices), by kind:', '', '| kind | ms per step | share |',
+           '|---|---|---|']
+  lines += [f'| {name} | {t * 1e3:.1f} | {t / traced:.0%} |' for name, t in by_category.most_common()]
+  lines += ['', f'The {TOP.value} most expensive compiled ops:', '', '| ms per step | op | shape, kind, origin |',
+            '|---|---|---|']
+  lines += [f'| {t * 1e3:.2f} | {name} | `{described.get(name, "?")}` |' for name, t in times.most_common(TOP.value)]
+  text = '\n'.join(lines) + '\n'
+  print(text)
+  if OUT.value:
+    os.makedirs(os.path.dirname(OUT.value) or '.', exist_ok=True)
+    write_atomic(OUT.value, text)
+
+
+if __name__ == '__main__':
+  app.run(main)
