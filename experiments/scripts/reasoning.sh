@@ -139,12 +139,13 @@ $PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_deca
 # 12. k-hop (the depth-table config): anna (Algorithm 1) trained through (straight-through: the collision kernel's
 #     gradient for q and k, hashes redrawn every step), warm-started from the 5,000-step full-attention run (part
 #     9's), 32 tables x 4 hashes in every layer; 5,000 and 20,000 more steps at depth 4.
-#     Then 128 x 8 at depth 3 (full attention retrained there by part 9's command), 4 and 5, 256 x 8 at depth 4,
+#     Then 128 x 8 at depth 3 (full attention retrained there by part 9's command), 4 and 5, 256 x 8 at depth 4 and 3,
 #     and the control: 128 x 8 at depth 4 from scratch. (The first run evaluated every 2,500 steps; evaluation does
 #     not touch the training state.)
 $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full "--config.sweep.attention.kind=('full',)" \
     "--config.sweep.model.depth=(3,)"
-for run in "4 32 4 5000" "4 32 4 20000" "4 128 8 5000" "5 128 8 5000" "3 128 8 5000" "4 256 8 5000"; do set -- $run
+for run in "4 32 4 5000" "4 32 4 20000" "4 128 8 5000" "5 128 8 5000" "3 128 8 5000" "4 256 8 5000" \
+    "3 256 8 5000"; do set -- $run
   $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_anna_warm_d$1_l$2_z$3_s$4 \
       "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=($1,)" \
       --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
