@@ -108,17 +108,13 @@ for d in 4 5; do
   $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full "--config.sweep.attention.kind=('full',)" \
       "--config.sweep.model.depth=($d,)"
 done
-for d in 4 5; do
-  $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_warm30k_d$d \
-      "--config.sweep.attention.kind=('anna_softmax',)" "--config.sweep.model.depth=($d,)" \
-      --config.train.init_from=runs/khop_full/runs/khop-full-depth=$d --config.train.steps=30000 \
-      --config.evaluation.every=10000
-done
-for d in 4 5; do
-  $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full_cont30k_d$d \
-      "--config.sweep.attention.kind=('full',)" "--config.sweep.model.depth=($d,)" \
-      --config.train.init_from=runs/khop_full/runs/khop-full-depth=$d --config.train.steps=30000 \
-      --config.evaluation.every=10000
+for run in "anna_softmax khop_warm30k" "full khop_full_cont30k"; do set -- $run  # kind, workdir prefix
+  for d in 4 5; do
+    $PY -m experiments.main --mode=train --config=$C --workdir=runs/$2_d$d \
+        "--config.sweep.attention.kind=('$1',)" "--config.sweep.model.depth=($d,)" \
+        --config.train.init_from=runs/khop_full/runs/khop-full-depth=$d --config.train.steps=30000 \
+        --config.evaluation.every=10000
+  done
 done
 mkdir -p runs/khop_warm30k_all/runs
 for d in 4 5; do
