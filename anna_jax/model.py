@@ -25,6 +25,11 @@ class TransformerConfig:
   # Per-layer attention overriding `attention` (empty: every layer uses `attention`); e.g. ANNA with more
   # tables in layer 1 than in layer 2, as in the paper's induction-heads grid.
   layer_attention: tuple = ()
+  # A learned log-gain per position and head on the attention values, v_q * exp(g_q), 0 at init (not in the
+  # paper). Algorithm 1 weighs keys by collision counts alone, so angles are its only way to prefer recent keys,
+  # and at z = 2 they barely can (experiments/induction_ceiling.py); a value gain that grows with q lets any
+  # averaging attention prefer them, and the swap from a surrogate keeps it, since values pass through unchanged.
+  value_gain: bool = False
 
   def attention_of(self, layer):
     return self.layer_attention[layer] if self.layer_attention else self.attention
@@ -56,11 +61,15 @@ class MultiHeadAttention(nnx.Module):
     self.qkv = nnx.Linear(config.width, 3 * config.width, rngs=rngs)
     self.out = nnx.Linear(config.width, config.width, rngs=rngs)
     self.core = make_attention(attention, self.num_heads, self.head_dim, rngs=rngs)
+    self.value_log_gain = nnx.Param(jnp.zeros((config.max_len, self.num_heads))) if config.value_gain else None
 
   def heads(self, x):
     """(q, k, v), each (batch, n, heads, head_dim), of the (normalised) residual stream x."""
     batch, n, _ = x.shape
-    return jnp.split(self.qkv(x).reshape(batch, n, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    q, k, v = jnp.split(self.qkv(x).reshape(batch, n, 3 * self.num_heads, self.head_dim), 3, axis=2)
+    if self.value_log_gain is not None:
+      v = v * jnp.exp(self.value_log_gain[...][:n])[None, :, :, None].astype(v.dtype)
+    return q, k, v
 
   def __call__(self, x, mask, causal):
     batch, n, _ = x.shape

@@ -40,6 +40,22 @@ def test_forward_and_gradients(attention, positional):
   assert leaves and all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
 
 
+def test_value_gain_starts_as_the_plain_model_scales_values_by_position_and_learns():
+  tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, 10)
+  plain = Transformer(config(causal=True), rngs=nnx.Rngs(0))
+  gained = Transformer(config(causal=True, value_gain=True), rngs=nnx.Rngs(0))
+  logits = nnx.jit(lambda m, t: m(t)[0])
+  np.testing.assert_array_equal(logits(plain, tokens), logits(gained, tokens))  # gain 0 at init: nothing moves
+  attention = gained.blocks[0].attention
+  attention.value_log_gain[...] = jnp.broadcast_to(0.1 * jnp.arange(32.0)[:, None], (32, 2))
+  x = jax.random.normal(jax.random.key(2), (2, 20, 16))
+  v_plain, v_gained = plain.blocks[0].attention.heads(x)[2], attention.heads(x)[2]
+  np.testing.assert_allclose(v_gained, v_plain * jnp.exp(0.1 * jnp.arange(20.0))[None, :, None, None], rtol=1e-5)
+  grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(tokens)[0] ** 2)))(gained)
+  assert float(jnp.abs(grads.blocks[1].attention.value_log_gain[...][:20]).sum()) > 0
+  assert float(jnp.abs(grads.blocks[1].attention.value_log_gain[...][20:]).sum()) == 0  # positions never seen
+
+
 def test_same_seed_same_model_and_hash_projections_are_not_trained():
   a = Transformer(config(attention=ANNA), rngs=nnx.Rngs(3))
   b = Transformer(config(attention=ANNA), rngs=nnx.Rngs(3))
