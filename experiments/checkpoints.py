@@ -45,13 +45,23 @@ def latest_model_state(run_dir, what):
   return saved, step
 
 
-def fill(template, stored, path, what, run_dir):
+# Parameters a warm start may add to a checkpoint's model: they start at their init (the value gain's 0 leaves the
+# model computing what the checkpoint's did).
+ADDABLE = ('value_log_gain',)
+
+
+def fill(template, stored, path, what, run_dir, addable=()):
   """`template` (a pure dict) with the values of `stored` (the same tree, string keys); ValueError naming the
-  first leaf `stored` lacks or holds in another shape."""
+  first leaf `stored` lacks (unless its name is in `addable`: it keeps the template's value) or holds in another
+  shape."""
   if isinstance(template, dict):
     if not isinstance(stored, dict):
       raise ValueError(f'{what}: {run_dir} has no parameter {path}')
-    return {key: fill(value, stored.get(str(key)), f'{path}/{key}', what, run_dir) for key, value in template.items()}
+    return {key: fill(value, stored.get(str(key)), f'{path}/{key}', what, run_dir, addable)
+            for key, value in template.items()}
+  if stored is None and path.rsplit('/', 1)[-1] in addable:
+    logging.info('%s: %s has no %s; it starts at its init', what, run_dir, path)
+    return template
   if stored is None or tuple(stored.shape) != tuple(template.shape):
     found = 'none' if stored is None else tuple(stored.shape)
     raise ValueError(f'{what}: parameter {path} of {run_dir} has shape {found}, the model needs '
@@ -59,19 +69,20 @@ def fill(template, stored, path, what, run_dir):
   return jnp.asarray(stored, template.dtype)
 
 
-def load(model, run_dir, filters=(nnx.Param,), what='train.init_from'):
+def load(model, run_dir, filters=(nnx.Param,), what='train.init_from', addable=()):
   """Sets the state of `model` selected by `filters` (its trained Params; `...`: everything, hash functions
-  included) to the latest checkpoint's in run_dir, a run of the same architecture; returns that step."""
+  included) to the latest checkpoint's in run_dir, a run of the same architecture (but for `addable` parameters);
+  returns that step."""
   saved, step = latest_model_state(run_dir, what)
   state = nnx.state(model, *filters)
-  nnx.replace_by_pure_dict(state, fill(nnx.to_pure_dict(state), saved, '', what, run_dir))
+  nnx.replace_by_pure_dict(state, fill(nnx.to_pure_dict(state), saved, '', what, run_dir, addable))
   nnx.update(model, state)
   return step
 
 
 def warm_start(model, run_dir):
   """Sets model's Params to those of the latest checkpoint in run_dir (train.init_from)."""
-  step = load(model, run_dir)
+  step = load(model, run_dir, addable=ADDABLE)
   logging.info('initialised from %s (step %d)', run_dir, step)
 
 

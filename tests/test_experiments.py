@@ -95,6 +95,12 @@ def test_a_run_can_start_from_another_runs_parameters(tmp_path):
   trained_params = trained[: len(started)]  # the model's leaves come first in the (model, optimizer) state
   for a, b in zip(started, trained_params):
     np.testing.assert_array_equal(a, b)
+  # A warm start may add the value gain (0 at init): every other parameter is the surrogate's.
+  gained = initial_params(tiny_config({'attention.kind': 'anna', 'model.value_gain': True,
+                                       'train.init_from': str(tmp_path / 'surrogate')}))
+  added = [a for a in gained if not any(a.shape == b.shape and np.array_equal(a, b) for b in started)]
+  assert len(gained) == len(started) + surrogate.model.depth and len(added) == surrogate.model.depth
+  assert all(not a.any() for a in added)
   with pytest.raises(ValueError, match='shape'):
     train.Trainer(experiment.build(tiny_config({'model.width': 32, 'train.init_from': str(tmp_path / 'surrogate')})))
   with pytest.raises(ValueError, match='no run directory'):
