@@ -157,6 +157,25 @@ def test_a_cell_is_evaluated_again_when_anything_behind_its_numbers_changes(tmp_
   assert 0 < rows[0]['top_weight'] <= 1 and -1 <= rows[0]['cos_top'] <= 1
   # z = 0: every key collides in every table, so anna is uniform attention and keeps no query alone.
   assert rows[0]['64:0']['alone'] == 0 and rows[0]['64:0']['top_kept'] == pytest.approx(1 / 8)
+  assert np.isfinite(rows[0]['value_range']) and 'e^' in text
+
+
+def test_swap_diagnosis_references_and_value_range():
+  import jax.numpy as jnp
+  from anna_jax import ANNAConfig, AttentionConfig
+  n = 6
+  v = jnp.exp(0.1 * jnp.arange(n, dtype=jnp.float32))[None, :, None, None] * jnp.ones((2, n, 3, 4))
+  np.testing.assert_allclose(swap_diagnosis.value_range(v), 0.1 * (n - 1) * np.ones(3), rtol=1e-5)
+  cos = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 1, n, n)), jnp.float32)
+  seen = jnp.tril(jnp.ones((n, n), bool))
+  uniform = swap_diagnosis.reference_weights(cos, seen, AttentionConfig(kind='anna', anna=ANNAConfig(num_hashes=0)))
+  np.testing.assert_allclose(uniform[0, 0], seen / seen.sum(-1, keepdims=True), rtol=1e-6)  # z = 0: every key
+  sharp = swap_diagnosis.reference_weights(cos, seen, AttentionConfig(kind='anna', anna=ANNAConfig(num_hashes=4)))
+  np.testing.assert_allclose(sharp.sum(-1), 1, rtol=1e-6)
+  p = (1 - np.arccos(np.asarray(cos[0, 0, 3, :4])) / np.pi) ** 4
+  np.testing.assert_allclose(sharp[0, 0, 3, :4], p / p.sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match='full'):
+    swap_diagnosis.reference_weights(cos, seen, AttentionConfig(kind='full'))
 
 
 def test_grid_models_carry_the_cell_tables_hashes_and_family():
