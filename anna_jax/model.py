@@ -27,7 +27,7 @@ class TransformerConfig:
   layer_attention: tuple = ()
   # A learned log-gain per position and head on the attention values, v_q * exp(g_q), 0 at init (not in the
   # paper). Algorithm 1 weighs keys by collision counts alone, so angles are its only way to prefer recent keys,
-  # and at z = 2 they barely can (experiments/induction_ceiling.py); a value gain that grows with q lets any
+  # and at z = 2 they barely can (experiments/induction_circuit.py); a value gain that grows with q lets any
   # averaging attention prefer them, and the swap from a surrogate keeps it, since values pass through unchanged.
   value_gain: bool = False
 

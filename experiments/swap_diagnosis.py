@@ -15,7 +15,7 @@ and its unit-normalised queries and keys give, per layer and head, averaged over
   top key, alone = the share of queries with no collision (ANNA outputs zeros there);
 - value range: x in e^x, the growth of the values' norm over the sequence (the least-squares slope of the mean
   log |v_q| against the position q, times N - 1). Averaging attentions (Algorithm 1 above all, whose weights know
-  no position) can prefer recent keys through values that grow with q (experiments/induction_ceiling.py).
+  no position) can prefer recent keys through values that grow with q (experiments/induction_circuit.py).
 Writes swap_diagnosis.md and swap_diagnosis.jsonl in the workdir and prints the table.
 """
 
