@@ -30,17 +30,24 @@ import numpy as np
 from absl import app, flags
 
 from anna_jax.tasks import KHop
-from anna_jax.tooling import write_atomic
+from anna_jax.tooling import fail, flags_parser, write_atomic
 
-_OUT = flags.DEFINE_string('out', None, 'Output prefix: writes OUT.md and OUT.jsonl.')
-_HASHES = flags.DEFINE_list('hashes', ['1', '2', '3', '4', '8'], 'Hashes per table z.')
-_CELLS = flags.DEFINE_list('cells', ['32:4', '96:32'], 'Sampled (layer-1 tables:layer-2 tables) cells.')
-_FIT, _TEST = flags.DEFINE_integer('fit', 200, 'Fit sequences.'), flags.DEFINE_integer('test', 100, 'Test sequences.')
-_DRAWS = flags.DEFINE_integer('draws', 10, 'Hash draws per sampled cell.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Data and hash seed.')
+def define_flags():
+  """This program's flags (defined when it runs, so importing the module for its functions defines none)."""
+  return {
+      'out': flags.DEFINE_string('out', None, 'Output prefix: writes OUT.md and OUT.jsonl.'),
+      'hashes': flags.DEFINE_list('hashes', ['1', '2', '3', '4', '8'], 'Hashes per table z.'),
+      'cells': flags.DEFINE_list('cells', ['32:4', '96:32'], 'Sampled (layer-1 tables:layer-2 tables) cells.'),
+      'fit': flags.DEFINE_integer('fit', 200, 'Fit sequences.'),
+      'test': flags.DEFINE_integer('test', 100, 'Test sequences.'),
+      'draws': flags.DEFINE_integer('draws', 10, 'Hash draws per sampled cell.'),
+      'seed': flags.DEFINE_integer('seed', 0, 'Data and hash seed.'),
+  }
 
+
+FLAGS = {}  # set by define_flags() when run as a program
 TASK = KHop(n=100, alphabet=4, max_k=1)
-MIXES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # a^2, the symbol share of layer 2's query and key
+MIXES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # a^2: symbol share of layer 2's q, k
 RATES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.8)  # value recency exp(rate * q); 0: angles alone
 ROTATIONS = tuple(np.pi / s for s in (200, 100, 50, 25, 12, 6, 3))
 PROFILES = {'exp': (0.5, 1, 2, 4, 8, 16, 32, 64), 'rotation': ROTATIONS}
@@ -67,7 +74,8 @@ def symbol_codes():
 
 
 def collision_weights(q, k, keys, z, tables, rng):
-  """Algorithm 1's weights c_pq (unnormalised): `tables` tables of z hyperplanes, or l * E[c] / l if tables is 0."""
+  """Algorithm 1's weights c_pq (unnormalised): counts over `tables` tables of z hyperplanes, or, with tables = 0,
+  the expected count per table (1 - angle / pi)^z."""
   if not tables:
     cos = np.clip(np.einsum('...pd,...qd->...pq', q, k), -1, 1)
     return np.where(keys, (1 - np.arccos(cos) / np.pi) ** z, 0.0)
@@ -134,31 +142,46 @@ def fit_layer2(x, targets, z):
   return best
 
 
+def parsed_settings():
+  """(hashes, cells) from the flags; a one-line error for anything malformed."""
+  try:
+    hashes = [int(z) for z in FLAGS['hashes'].value]
+    cells = [tuple(int(v) for v in c.split(':')) for c in FLAGS['cells'].value]
+  except ValueError:
+    hashes, cells = [], []
+  if not hashes or min(hashes) < 1 or not cells or any(len(c) != 2 or min(c) < 1 for c in cells):
+    fail('--hashes needs integers >= 1 and --cells pairs l1:l2 of integers >= 1', 'induction_circuit')
+  if min(FLAGS['fit'].value, FLAGS['test'].value, FLAGS['draws'].value) < 1:
+    fail('--fit, --test and --draws must be >= 1', 'induction_circuit')
+  return hashes, cells
+
+
 def main(_):
-  fit_x, fit_t = sequences(_SEED.value + 1, _FIT.value)
-  test_x, test_t = sequences(_SEED.value + 2, _TEST.value)
-  cells = [tuple(int(v) for v in c.split(':')) for c in _CELLS.value]
+  hashes, cells = parsed_settings()
+  seed, draws, out = FLAGS['seed'].value, FLAGS['draws'].value, FLAGS['out'].value
+  fit_x, fit_t = sequences(seed + 1, FLAGS['fit'].value)
+  test_x, test_t = sequences(seed + 2, FLAGS['test'].value)
   rows = []
-  for z in map(int, _HASHES.value):
+  for z in hashes:
     accuracy1, omega1, rate1 = fit_layer1(fit_x, z)
     for rate, (_, params) in fit_layer2(fit_x, fit_t, z).items():
-      rng = np.random.default_rng(_SEED.value)
+      rng = np.random.default_rng(seed)
       err = lambda prev, l2: float(np.mean(layer2(test_x, prev, params, z, l2, rng) != test_t))
       row = {'z': z, 'layer1': {'omega': omega1, 'rate': rate1, 'fit_accuracy': accuracy1},
              'layer2': dict(zip(('mix', 'profile', 'scale', 'rate'), params)),
              'exact_layer1_expected': err(true_previous(test_x), 0),
              'both_expected': err(layer1(test_x, omega1, rate1, z, 0, None), 0)}
       for l1, l2 in cells:
-        draws = [err(layer1(test_x, omega1, rate1, z, l1, rng), l2) for _ in range(_DRAWS.value)]
-        row[f'{l1}:{l2}'] = (float(np.mean(draws)), float(np.std(draws)))
+        errors = [err(layer1(test_x, omega1, rate1, z, l1, rng), l2) for _ in range(draws)]
+        row[f'{l1}:{l2}'] = (float(np.mean(errors)), float(np.std(errors)))
       rows.append(row)
       print(json.dumps(row), flush=True)
   text = report(rows, cells, test_x.shape[-1], float(np.mean(test_t == TASK.alphabet)))
   print(text)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
-    write_atomic(_OUT.value + '.md', text)
-    write_atomic(_OUT.value + '.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
+  if out:
+    os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+    write_atomic(out + '.md', text)
+    write_atomic(out + '.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
 
 
 def report(rows, cells, n, none):
@@ -179,4 +202,5 @@ def report(rows, cells, n, none):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  FLAGS.update(define_flags())
+  app.run(main, flags_parser=flags_parser('induction_circuit'))

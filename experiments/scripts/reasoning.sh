@@ -166,3 +166,50 @@ $PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_st_
 $PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_st_ft $F \
     "--config.grid.tables_per_layer=((32,96),(4,32))" "--config.grid.hashes=(2,)" --config.grid.draws=10
 # 14. Training throughput (item 2): benchmarks/scripts/train_step_profile.sh, nothing else running.
+# ---- Fourth session (2026-12-07, 03:11-06:10 UTC; each run pinned to one core, two at once).
+# 15. Figure 1b. (a) Part 13 gentler: lr 2e-4, 3,000 steps, evaluated every 250 (frozen checkout of 81b715f).
+F2=$(echo "$F" | sed 's/learning_rate=0.001/learning_rate=0.0002/; s/steps=2000/steps=3000/; s/every=500/every=250/g')
+$PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_st_ft_lr2e-4 $F2
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_st_ft_lr2e-4 $F2 \
+    "--config.grid.tables_per_layer=((32,96),(4,32))" "--config.grid.hashes=(2,)" --config.grid.draws=10
+#     (b) The swap diagnosis (with the values' growth) of the part-11 surrogate and both fine-tunes.
+$PY -m experiments.main --mode=diagnose --config=$I --workdir=runs/induction_b1_decay24k $B1 --cells=32:2,96:2,32:4
+$PY -m experiments.main --mode=diagnose --config=$I --workdir=runs/induction_b1_st_ft $F --cells=32:2,96:2,32:4
+$PY -m experiments.main --mode=diagnose --config=$I --workdir=runs/induction_b1_st_ft_lr2e-4 $F2 --cells=32:2,96:2,32:4
+#     (c) The hand-set circuit through Algorithm 1 (numpy; ran as experiments/induction_ceiling.py, renamed after).
+$PY -m experiments.induction_circuit --out=experiments/results/reasoning/induction_circuit
+#     (d) The beta = 1 surrogate with a learned value gain (model.value_gain, code at 6a654bc), section 11's recipe
+#         with the decay ending at 12,000 and at 24,000 steps (one core each, at once), then the reduced grid.
+for steps in 12000 24000; do
+  VG="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.model.value_gain=True --config.train.steps=$steps
+ --config.optim.schedule=linear_decay"
+  $PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_vg_decay$steps $VG
+  $PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_vg_decay$steps $VG \
+      "--config.grid.tables_per_layer=((32,96),(4,32))" --config.grid.draws=10
+done
+#     (e) Each fine-tuned through anna at (32, 4), z = 2 as in (a) (lr 2e-4, 100 warm-up steps, linear decay), with
+#         the gain: the 12k surrogate 3,000 steps (then the reduced grid at z = 2, then the paper's whole grid on it),
+#         the 24k surrogate 2,000 steps (then the reduced grid at z = 2). Then the diagnoses of the gained models.
+for run in "12000 3000" "24000 2000"; do set -- $run
+  FV="--config.sweep.attention.unit_softmax.beta=() --config.sweep.attention.kind=('anna',) --config.model.value_gain=True
+ --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True
+ --config.attention.anna.num_hashes=2 --config.attention.per_layer=({'anna.num_tables':32},{'anna.num_tables':4})
+ --config.train.init_from=runs/induction_b1_vg_decay$1/runs/khop-unit_softmax-beta=1 --config.optim.learning_rate=0.0002
+ --config.optim.warmup_steps=100 --config.optim.schedule=linear_decay --config.train.steps=$2
+ --config.evaluation.every=250 --config.train.checkpoint_every=250"
+  W=runs/induction_b1_vg$1_st_ft$([ $1 = 24000 ] && echo 2000)
+  $PY -m experiments.main --mode=train --config=$I --workdir=$W $FV
+  $PY -m experiments.main --mode=grid --config=$I --workdir=$W $FV \
+      "--config.grid.tables_per_layer=((32,96),(4,32))" "--config.grid.hashes=(2,)" --config.grid.draws=10
+  [ $1 = 12000 ] && $PY -m experiments.main --mode=grid --config=$I --workdir=$W $FV
+  $PY -m experiments.main --mode=diagnose --config=$I --workdir=$W $FV --cells=32:2,96:2,32:4
+  $PY -m experiments.main --mode=diagnose --config=$I --workdir=runs/induction_b1_vg_decay$1 \
+      "--config.sweep.attention.unit_softmax.beta=(1.0,)" --config.model.value_gain=True --config.train.steps=$1 \
+      --config.optim.schedule=linear_decay --cells=32:2,96:2,32:4
+done
+# 16. k-hop depth 5, part 12's recipe with 256 x 8 tables (frozen checkout of 81b715f).
+$PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_anna_warm_d5_l256_z8_s5000 \
+    "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=(5,)" \
+    --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+    --config.attention.anna.num_tables=256 --config.attention.anna.num_hashes=8 \
+    --config.train.init_from=runs/khop_full/runs/khop-full-depth=5 --config.evaluation.every=5000 --config.train.steps=5000
