@@ -98,22 +98,32 @@ def causal(n, first_key):
   return (np.arange(n)[None, :] >= first_key) & (np.arange(n)[None, :] <= np.arange(n)[:, None])
 
 
-def layer1(x, omega, rate, z, tables, rng):
-  """The previous symbol of every position (p = 0 reads garbage; layer 2 never uses it)."""
+def layer1_weights(x, omega, z, tables, rng):
+  """Layer 1's collision weights: query p is the code of p - 1, key q the code of q."""
   n = x.shape[-1]
   q = np.broadcast_to(position_codes('rotation', omega, np.arange(n) - 1), x.shape + (2,))
   k = np.broadcast_to(position_codes('rotation', omega, np.arange(n)), x.shape + (2,))
-  return read_out(x, collision_weights(q, k, causal(n, 0), z, tables, rng), rate)
+  return collision_weights(q, k, causal(n, 0), z, tables, rng)
 
 
-def layer2(x, prev, params, z, tables, rng):
-  mix, profile, scale, rate = params
+def layer1(x, omega, rate, z, tables, rng):
+  """The previous symbol of every position (p = 0 reads garbage; layer 2 never uses it)."""
+  return read_out(x, layer1_weights(x, omega, z, tables, rng), rate)
+
+
+def layer2_weights(x, prev, mix, profile, scale, z, tables, rng):
+  """Layer 2's collision weights: query [a s(x_p), b e(p)], key [a s(prev_q), b e(q)], keys from q = 1."""
   n, s = x.shape[-1], symbol_codes()
   e = position_codes(profile, scale, np.arange(n))
   e = np.broadcast_to(e, x.shape + e.shape[-1:])
   q = np.concatenate([np.sqrt(mix) * s[x], np.sqrt(1 - mix) * e], -1)
   k = np.concatenate([np.sqrt(mix) * s[np.maximum(prev, 0)], np.sqrt(1 - mix) * e], -1)
-  return read_out(x, collision_weights(q, k, causal(n, 1), z, tables, rng), rate)
+  return collision_weights(q, k, causal(n, 1), z, tables, rng)
+
+
+def layer2(x, prev, params, z, tables, rng):
+  mix, profile, scale, rate = params
+  return read_out(x, layer2_weights(x, prev, mix, profile, scale, z, tables, rng), rate)
 
 
 def true_previous(x):
@@ -122,23 +132,26 @@ def true_previous(x):
 
 def fit_layer1(x, z):
   """(accuracy, omega, rate): the smallest value recency within 0.001 of the best previous-symbol accuracy."""
-  prev = true_previous(x)[:, 1:]
-  tried = [(float(np.mean(layer1(x, w, r, z, 0, None)[:, 1:] == prev)), w, r) for w in ROTATIONS for r in RATES]
+  prev, tried = true_previous(x)[:, 1:], []
+  for w in ROTATIONS:
+    weights = layer1_weights(x, w, z, 0, None)  # the rate only scales values: one kernel per omega
+    tried += [(float(np.mean(read_out(x, weights, r)[:, 1:] == prev)), w, r) for r in RATES]
   top = max(a for a, _, _ in tried)
   return min((t for t in tried if t[0] >= top - 1e-3), key=lambda t: (t[2], -t[0]))
 
 
 def fit_layer2(x, targets, z):
-  """Per value-recency rate: (error, params) of the best (mix, profile, scale) with the exact previous symbol."""
+  """Per value-recency rate: (error, params) of the best (mix, profile, scale) with the exact previous symbol
+  (the first met, in MIXES, PROFILES order, on a tie)."""
   prev, best = true_previous(x), {}
-  for rate in RATES:
-    for mix in MIXES:
-      for profile, scales in PROFILES.items():
-        for scale in scales:
-          params = (mix, profile, scale, rate)
-          e = float(np.mean(layer2(x, prev, params, z, 0, None) != targets))
+  for mix in MIXES:
+    for profile, scales in PROFILES.items():
+      for scale in scales:
+        weights = layer2_weights(x, prev, mix, profile, scale, z, 0, None)  # one kernel for every rate
+        for rate in RATES:
+          e = float(np.mean(read_out(x, weights, rate) != targets))
           if rate not in best or e < best[rate][0]:
-            best[rate] = (e, params)
+            best[rate] = (e, (mix, profile, scale, rate))
   return best
 
 

@@ -190,14 +190,14 @@ done
 #     (e) Each fine-tuned through anna at (32, 4), z = 2 as in (a) (lr 2e-4, 100 warm-up steps, linear decay), with
 #         the gain: the 12k surrogate 3,000 steps (then the reduced grid at z = 2, then the paper's whole grid on it),
 #         the 24k surrogate 2,000 steps (then the reduced grid at z = 2). Then the diagnoses of the gained models.
-for run in "12000 3000" "24000 2000"; do set -- $run
+for run in "12000 3000 runs/induction_b1_vg12000_st_ft" "24000 2000 runs/induction_b1_vg24000_st_ft2000"; do set -- $run
   FV="--config.sweep.attention.unit_softmax.beta=() --config.sweep.attention.kind=('anna',) --config.model.value_gain=True
  --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True
  --config.attention.anna.num_hashes=2 --config.attention.per_layer=({'anna.num_tables':32},{'anna.num_tables':4})
  --config.train.init_from=runs/induction_b1_vg_decay$1/runs/khop-unit_softmax-beta=1 --config.optim.learning_rate=0.0002
  --config.optim.warmup_steps=100 --config.optim.schedule=linear_decay --config.train.steps=$2
  --config.evaluation.every=250 --config.train.checkpoint_every=250"
-  W=runs/induction_b1_vg$1_st_ft$([ $1 = 24000 ] && echo 2000)
+  W=$3
   $PY -m experiments.main --mode=train --config=$I --workdir=$W $FV
   $PY -m experiments.main --mode=grid --config=$I --workdir=$W $FV \
       "--config.grid.tables_per_layer=((32,96),(4,32))" "--config.grid.hashes=(2,)" --config.grid.draws=10
