@@ -76,6 +76,9 @@ class OptimConfig:
   schedule: str = 'linear_decay'  # after warm-up: 'linear_decay' (to 0 at train.steps) or 'constant'
   weight_decay: float = 0.01
   grad_clip: float = 1.0  # global-norm clip; 0 disables it
+  # model.value_gain's log-gains learn at this multiple of the rate: Adam moves a parameter about one rate per step,
+  # and a gain that makes the latest of several equal matches win must span tens over the sequence.
+  value_gain_lr_scale: float = 1.0
 
   def __post_init__(self):
     if not self.learning_rate > 0 or self.warmup_steps < 0:
@@ -83,6 +86,8 @@ class OptimConfig:
                        f'{self.warmup_steps}')
     if self.schedule not in ('linear_decay', 'constant'):
       raise ValueError(f"optim.schedule must be 'linear_decay' or 'constant', got {self.schedule!r}")
+    if not self.value_gain_lr_scale > 0:
+      raise ValueError(f'need optim.value_gain_lr_scale > 0, got {self.value_gain_lr_scale}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 
 import jax
@@ -344,3 +345,26 @@ def test_a_model_field_no_module_reads_is_an_error():
   with pytest.raises(ValueError, match="unknown model field 'dropout'"):
     experiment.build(c)
   assert set(experiment.MODEL_FIELDS) == set(tiny_config().model)  # the default section holds every model field
+
+
+def test_value_gain_lr_scale_multiplies_the_gains_updates_only():
+  from anna_jax import Transformer, TransformerConfig
+  from experiments import optim
+  model_config = TransformerConfig(vocab_size=10, num_classes=3, max_len=16, depth=1, width=8, num_heads=2,
+                                   value_gain=True, causal=True)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, 10)
+  grads = nnx.grad(lambda m: jnp.mean(m(tokens)[0] ** 2))(Transformer(model_config, rngs=nnx.Rngs(0)))
+
+  def first_updates(scale):
+    model = Transformer(model_config, rngs=nnx.Rngs(0))
+    x = types.SimpleNamespace(optim=experiment.OptimConfig(value_gain_lr_scale=scale, weight_decay=0.0, grad_clip=0.0))
+    tx = optim.make_optimizer(x, 1e-3)
+    params = nnx.state(model, nnx.Param)
+    updates, _ = tx.update(nnx.state(grads, nnx.Param), tx.init(params), params)
+    return nnx.to_flat_state(updates)
+
+  plain, scaled = first_updates(1.0), first_updates(10.0)
+  for (path, a), (_, b) in zip(plain, scaled):
+    gain = optim.VALUE_GAIN in [str(key) for key in path]
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a) * (10.0 if gain else 1.0), rtol=1e-6)
+  assert any(optim.VALUE_GAIN in [str(key) for key in path] for path, _ in plain)
