@@ -213,3 +213,11 @@ $PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_anna_warm_d
     --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
     --config.attention.anna.num_tables=256 --config.attention.anna.num_hashes=8 \
     --config.train.init_from=runs/khop_full/runs/khop-full-depth=5 --config.evaluation.every=5000 --config.train.steps=5000
+# 17. Fifth session: the 24k value-gain surrogate of 15 (d) swapped past the paper's grid (frozen checkout of 6a654bc;
+#     its own workdir, whose runs/ is a link to runs/induction_b1_vg_decay24000/runs, so the grid rows stay apart).
+mkdir -p runs/induction_b1_vg24000_past_grid
+ln -sfn ../induction_b1_vg_decay24000/runs runs/induction_b1_vg24000_past_grid/runs
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_vg24000_past_grid \
+    "--config.sweep.attention.unit_softmax.beta=(1.0,)" --config.model.value_gain=True --config.train.steps=24000 \
+    --config.optim.schedule=linear_decay \
+    "--config.grid.tables_per_layer=((96,192,384),(32,96,384))" "--config.grid.hashes=(2,3,4,6)" --config.grid.draws=10
