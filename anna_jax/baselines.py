@@ -87,18 +87,24 @@ def unit_softmax_attention(q, k, v, *, beta, mask=None, causal=False, collision_
   return out
 
 
+def collision_kernel_weights(cos, hashes, allowed):
+  """p^z / sum p^z over the allowed keys (last axis), p = 1 - angle / pi: the weights Algorithm 1 tends to as its
+  tables grow. `cos`: cosines of unit queries and keys, (..., n_q, n_k); `allowed` broadcasts to it; a query with no
+  allowed key gets zeros."""
+  # arccos' slope is infinite at +-1: clip so that identical directions get a finite gradient.
+  angle = jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6))
+  weights = jax.nn.softmax(jnp.where(allowed, hashes * jnp.log1p(-angle / jnp.pi), -jnp.inf), axis=-1)
+  return jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+
+
 def collision_kernel_attention(q, k, v, hashes, key_mask, causal):
   """sum_j p_ij^z v_j / sum_j p_ij^z over unit q, k (batch, n, heads, dim); p = 1 - angle / pi. O(n^2)."""
   n = q.shape[1]
   cos = jnp.einsum('bqhd,bkhd->bhqk', q.astype(jnp.float32), k.astype(jnp.float32))
-  # arccos' slope is infinite at +-1: clip so that identical directions get a finite gradient.
-  angle = jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6))
-  logits = hashes * jnp.log1p(-angle / jnp.pi)
   allowed = jnp.ones((n, n), bool) if not causal else jnp.tril(jnp.ones((n, n), bool))
   if key_mask is not None:
     allowed = allowed & key_mask
-  weights = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)
-  weights = jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
+  weights = collision_kernel_weights(cos, hashes, allowed)
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(jnp.float32)).astype(v.dtype)
 
 

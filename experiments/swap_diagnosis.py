@@ -28,7 +28,7 @@ from absl import flags, logging
 
 from anna_jax import oracle
 from anna_jax.anna import ANNAConfig, draw_projections
-from anna_jax.baselines import unit_norm
+from anna_jax.baselines import collision_kernel_weights, unit_norm
 from anna_jax.tooling import write_atomic
 from experiments import checkpoints, records
 from experiments.evaluation import Evaluator
@@ -64,8 +64,7 @@ def reference_weights(cos, seen, attention):
     return jax.nn.softmax(jnp.where(seen, attention.unit_softmax.beta * cos, -jnp.inf), axis=-1)
   if attention.kind in ('unit_softmax', 'anna'):  # the collision kernel, trained as such or through anna
     z = attention.unit_softmax.collision_hashes if attention.kind == 'unit_softmax' else attention.anna.num_hashes
-    p = jnp.where(seen, (1 - jnp.arccos(jnp.clip(cos, -1, 1)) / jnp.pi) ** z, 0.0)
-    return p / jnp.maximum(jnp.sum(p, -1, keepdims=True), 1e-30)
+    return collision_kernel_weights(cos, z, seen)
   raise ValueError(f'the diagnosis compares a unit_softmax surrogate or an anna-trained layer with anna, not '
                    f'{attention.kind!r}')
 
