@@ -71,12 +71,17 @@ def matmul_peak(dtype):
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
   jax.block_until_ready(f(a, a))
+  return 2.0 * size**3 / median_seconds(f, a, a, repeats=3) / 1e9
+
+
+def median_seconds(fn, *args, repeats):
+  """Median wall time of `repeats` calls of an already compiled `fn`, each waited for."""
   times = []
-  for _ in range(3):
+  for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(f(a, a))
+    jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
-  return 2.0 * size**3 / statistics.median(times) / 1e9
+  return statistics.median(times)
 
 
 def keep_freed_memory():

@@ -23,7 +23,6 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')  
 
 import json  # noqa: E402
 import math  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -32,6 +31,7 @@ from absl import app, flags, logging  # noqa: E402
 from anna_jax import sequence_parallel  # noqa: E402
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections  # noqa: E402
 from anna_jax import tooling  # noqa: E402
+from benchmarks.measure import median_seconds  # noqa: E402
 
 _LENGTHS = flags.DEFINE_list('lengths', [str(2**p) for p in range(16, 21)], 'Sequence lengths (64K .. 1M).')
 _HEADS = flags.DEFINE_integer('heads', 1, 'Attention heads.')
@@ -45,15 +45,6 @@ _OUTDIR = flags.DEFINE_string('outdir', 'results/sequence-parallel', 'Where repo
 PROGRAM = 'anna-jax sequence-parallel benchmark'
 SENT_FRACTION = {'all_to_all': lambda p: (p - 1) / p, 'psum': lambda p: 2 * (p - 1) / p,
                  'ppermute': lambda p: 1.0, 'pmax': lambda p: 2 * (p - 1) / p}
-
-
-def median_seconds(fn, *args, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
 
 
 def measure(n, way, causal, mesh, repeats):
