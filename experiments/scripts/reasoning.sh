@@ -221,3 +221,51 @@ $PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_vg24
     "--config.sweep.attention.unit_softmax.beta=(1.0,)" --config.model.value_gain=True --config.train.steps=24000 \
     --config.optim.schedule=linear_decay \
     "--config.grid.tables_per_layer=((96,192,384),(32,96,384))" "--config.grid.hashes=(2,3,4,6)" --config.grid.draws=10
+# 18. k-hop: part 12's recipe (256 x 8 tables) with the learned value gain added at the warm start (it starts at 0,
+#     so the model starts computing what the full-attention run did), its rate 1x and 10x the rest's
+#     (optim.value_gain_lr_scale); 5,000 steps at depth 1..5, then a new run from each 5,000-step run's parameters
+#     (fresh optimiser, the same warm-up and decay) for 15,000 more at depth 4 and 5. One core each, two at once.
+vg_run() {  # depth steps gain-rate-scale workdir warm-start-run
+  $PY -m experiments.main --mode=train --config=$C --workdir=$4 \
+      "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=($1,)" --config.model.value_gain=True \
+      --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+      --config.attention.anna.num_tables=256 --config.attention.anna.num_hashes=8 --config.optim.learning_rate=0.001 \
+      --config.optim.value_gain_lr_scale=$3 --config.train.init_from=$5 --config.evaluation.every=2500 \
+      --config.train.steps=$2
+}
+$PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_full "--config.sweep.attention.kind=('full',)" \
+    "--config.sweep.model.depth=(1,)"  # depth 2..5: part 9's command
+vg_run 4 5000 1 runs/khop_anna_vg_warm_d4_g1 runs/khop_full/runs/khop-full-depth=4
+for d in 4 5 3 2 1; do
+  vg_run $d 5000 10 runs/khop_anna_vg_warm_d${d}_g10 runs/khop_full/runs/khop-full-depth=$d
+done
+for d in 4 5; do
+  vg_run $d 15000 10 runs/khop_anna_vg_warm_d${d}_g10_then_s15000 runs/khop_anna_vg_warm_d${d}_g10/runs/khop-anna-depth=$d
+done
+# The 20,000-step runs evaluated with anna at other tables x hashes (the run's own training flags, so the grid
+# reads its checkpoint; 2 draws on 4,096 fixed test sequences): depth 4 over z 6..10, depth 5 at z = 8.
+for run in "4 (32,64,128,256,512) (6,8,10)" "5 (64,128,256,512) (8,)"; do set -- $run
+  $PY -m experiments.main --mode=grid --config=$C --workdir=runs/khop_anna_vg_warm_d$1_g10_then_s15000 \
+      "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=($1,)" --config.model.value_gain=True \
+      --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+      --config.attention.anna.num_tables=256 --config.attention.anna.num_hashes=8 --config.optim.learning_rate=0.001 \
+      --config.optim.value_gain_lr_scale=10 --config.train.init_from=runs/khop_anna_vg_warm_d$1_g10/runs/khop-anna-depth=$1 \
+      --config.evaluation.every=2500 --config.train.steps=15000 --config.evaluation.test_size=4096 \
+      "--config.grid.tables_every_layer=$2" "--config.grid.hashes=$3" --config.grid.draws=2
+done
+# The control: section 12's depth-4 (256, 8) run (no gain) continued 15,000 steps the same way.
+$PY -m experiments.main --mode=train --config=$C --workdir=runs/khop_anna_warm_d4_l256_z8_s5000_then_s15000 \
+    "--config.sweep.attention.kind=('anna',)" "--config.sweep.model.depth=(4,)" \
+    --config.attention.anna.straight_through=True --config.attention.anna.resample_hashes=True \
+    --config.attention.anna.num_tables=256 --config.attention.anna.num_hashes=8 \
+    --config.train.init_from=runs/khop_anna_warm_d4_l256_z8_s5000/runs/khop-anna-depth=4 \
+    --config.evaluation.every=2500 --config.train.steps=15000
+# The table and heat maps over one workdir of links: full attention (5k) and the final value-gain runs (5k at depth
+# 1..3, 20k at depth 4 and 5).
+mkdir -p runs/khop_vg_all/runs
+for d in 1 2 3 4 5; do
+  ln -sfn "$PWD/runs/khop_full/runs/khop-full-depth=$d" runs/khop_vg_all/runs/khop-full-depth=$d
+  run=runs/khop_anna_vg_warm_d${d}_g10; [ $d -ge 4 ] && run=${run}_then_s15000
+  ln -sfn "$PWD/$run/runs/khop-anna-depth=$d" runs/khop_vg_all/runs/khop-anna_through_vg-depth=$d
+done
+$PY -m experiments.khop_table --workdir=runs/khop_vg_all --out=experiments/results/reasoning/khop_anna_value_gain_warm
