@@ -157,8 +157,13 @@ def write_grid_reports(workdir, rows):
   writer.close()
 
 
+def largest_k(cell):
+  """k-hop: ', k = K' (the largest k its mean error solves) for a cell's text; '' for other tasks."""
+  return '' if cell.max_k_solved is None else f', k = {cell.max_k_solved}'
+
+
 def grid_markdown(rows):
-  lines = ['# Grid evaluation: trained surrogate, ANNA (Algorithm 1) swapped in', '']
+  lines = ['# Grid evaluation: each trained model with ANNA (Algorithm 1) in every layer, per (tables, z)', '']
   for run in dict.fromkeys(r.run for r in rows):
     mine = [r for r in rows if r.run == run]
     first = mine[0]
@@ -173,7 +178,8 @@ def grid_markdown(rows):
       by = {(r.tables[0], r.hashes): r for r in mine}
       for t in sorted({r.tables[0] for r in mine}):
         cells_ = [by.get((t, z)) for z in hashes]
-        lines.append(f'| {t} | ' + ' | '.join(f'{r.mean:.3f} +- {r.std:.3f}' if r else '' for r in cells_) + ' |')
+        lines.append(f'| {t} | ' + ' | '.join(f'{r.mean:.3f} +- {r.std:.3f}{largest_k(r)}' if r else ''
+                                              for r in cells_) + ' |')
     else:
       best = plots.best_over_hashes(mine)
       rows_t = sorted({k[0] for k in best})
@@ -182,7 +188,8 @@ def grid_markdown(rows):
                 '| l1 \\ l2 | ' + ' | '.join(map(str, cols_t)) + ' |', '|---|' + '---|' * len(cols_t)]
       for a in rows_t:
         cells_ = [best.get((a, b)) for b in cols_t]
-        lines.append(f'| {a} | ' + ' | '.join(f'{r.mean:.3f} (z={r.hashes})' if r else '' for r in cells_) + ' |')
+        lines.append(f'| {a} | ' + ' | '.join(f'{r.mean:.3f} (z={r.hashes}){largest_k(r)}' if r else ''
+                                              for r in cells_) + ' |')
     lines.append('')
   return '\n'.join(lines) + '\n'
 

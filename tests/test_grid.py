@@ -96,7 +96,8 @@ def test_two_layer_grid_makes_a_heat_map_with_the_best_z(tmp_path):
   assert len(rows) == 2 * 2 * 2 + len(uniform) and len(uniform) == 2 * 2
   for r in uniform:
     assert r.errors_by_k == {1: r.mean} and r.max_k_solved == (0 if r.mean < 0.05 else -1)
-  assert '| tables (every layer) | z=1 | z=2 |' in grid.grid_markdown(uniform)
+  text = grid.grid_markdown(uniform)
+  assert '| tables (every layer) | z=1 | z=2 |' in text and f', k = {uniform[0].max_k_solved}' in text
 
 
 def test_a_run_asked_for_more_steps_resumes_and_is_evaluated_again(tmp_path, trained_match2):
