@@ -158,8 +158,9 @@ def write_grid_reports(workdir, rows):
 
 
 def largest_k(cell):
-  """k-hop: ', k = K' (the largest k its mean error solves) for a cell's text; '' for other tasks."""
-  return '' if cell.max_k_solved is None else f', k = {cell.max_k_solved}'
+  """k-hop: ', k = K' (the largest k its mean error solves, counting up from k = 0) for a cell's text; '' for other
+  tasks and for a test of one k > 0 (induction heads' k = 1), which has no such count."""
+  return '' if cell.max_k_solved is None or 0 not in cell.errors_by_k else f', k = {cell.max_k_solved}'
 
 
 def grid_markdown(rows):
