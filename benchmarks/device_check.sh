@@ -3,12 +3,15 @@
 #   1. the scaling benchmark, forward and train, every kind (cuDNN full attention included), 4K to 1M tokens, not
 #      causal, then causal (each under its own time budget: lengths run in increasing order, so a cut run has
 #      every kind up to some length);
-#   2. what time is left: the induction-heads Figure 1b surrogate (experiments/configs/induction_paper.py, beta 1),
+#   2. the induction-heads train step's speed and share of its FLOP bound, plain and in 4 microbatches
+#      (benchmarks/scripts/train_step_speed.py; issue 31, item 2 measured on CPU only so far);
+#   3. what time is left: the induction-heads Figure 1b surrogate (experiments/configs/induction_paper.py, beta 1),
 #      trained under a time limit that checkpoints and evaluates; running the check again resumes it.
 # Usage:  make device-check OUT=results/device_check     (or: sh benchmarks/device_check.sh OUT)
 # Knobs (environment): DEVICE_CHECK_SECONDS (540: the whole check), LENGTHS, KINDS (default: all for the backend),
 # SCALING_SECONDS (170 per causality), REPEATS (3), TRAIN_SECONDS (default: what is left, less 40 s for the
-# compile and the final evaluation), TRAIN_FLAGS (extra --config flags for the induction run).
+# compile and the final evaluation), TRAIN_FLAGS (extra --config flags for the induction step and run),
+# SPEED_SETTINGS (1:1,1:4: num_devices:microbatches of the step's speed table).
 # On CPU the same script runs in a reduced form (tests/test_benchmarks.py): small LENGTHS and budgets.
 set -eu
 OUT=${1:-${OUT:-results/device_check}}
@@ -26,6 +29,10 @@ for causal in nocausal causal; do
       --repeats="$REPEATS" --max_call_seconds=5 --budget_seconds="$SCALING" --"$causal" \
       > "$OUT/scaling-$causal.log" 2>&1
 done
+# shellcheck disable=SC2086
+$PY benchmarks/scripts/train_step_speed.py --config=experiments/configs/induction_paper.py \
+    --settings="${SPEED_SETTINGS:-1:1,1:4}" --rounds=3 ${TRAIN_FLAGS:-} --out="$OUT/train_step_speed.md" \
+    > "$OUT/train_step_speed.log" 2>&1
 left=$((TOTAL - ($(date +%s) - start) - 40))
 TRAIN_SECONDS=${TRAIN_SECONDS:-$left}
 if [ "$TRAIN_SECONDS" -gt 0 ]; then

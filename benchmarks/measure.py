@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import oracle
+from anna_jax.tooling import write_atomic
 from benchmarks.kinds import analytic_flops, keys_of, make_kind, registration
 
 MODES = ('forward', 'train')  # train = forward + backward (gradients of q, k, v)
@@ -152,9 +153,7 @@ def measure(s, kind, mode, n, budget, peak_gflops, trace_dir=None):
     record.peak_bytes = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes +
                             memory.output_size_in_bytes - memory.alias_size_in_bytes)
   if registration(kind).loop_free:  # no loops: XLA's count is right
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    record.xla_flops = float((cost or {}).get('flops', float('nan')))
+    record.xla_flops = compiled_flops(compiled)
   if record.peak_bytes > budget:
     record.status = 'over_memory'
     return record
@@ -199,3 +198,28 @@ def quality(record, spec, s, q, k, v, out, stats, key):
     positions = jnp.sort(jax.random.choice(key, n, (min(s.quality_queries, n),), replace=False))
     error = jax.jit(functools.partial(relative_error, record.kind, allowed=spec.allowed, causal=s.causal))
     record.relative_error = float(error(q, k, v, out, positions))
+
+
+def train_step_flops(config):
+  """XLA's FLOPs of a run config's plain train step (one device, one microbatch: XLA counts a scan's body once)."""
+  from experiments import experiment, train  # noqa: PLC0415 (the attention benchmarks need no experiments)
+  c = config.copy_and_resolve_references()
+  c.train.num_devices, c.train.microbatches = 1, 1
+  trainer = train.Trainer(experiment.build(c))
+  return compiled_flops(jax.jit(trainer._train_step).lower(trainer.initial_state, jnp.int32(0), trainer.train_set)
+                        .compile())
+
+
+def compiled_flops(compiled):
+  """XLA's FLOP count of a compiled computation (a loop's body counted once); nan if it has none."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get('flops', float('nan')))
+
+
+def print_report(text, path=''):
+  """Prints a markdown report and, given a path, writes it there (atomically, its folder made if need be)."""
+  print(text)
+  if path:
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    write_atomic(path, text)

@@ -50,6 +50,10 @@ class TrainConfig:
   # Devices each sequence is split over (mesh axis 'seq'; anna and anna_softmax run sequence-parallel, see
   # anna_jax.sequence_parallel); the batch is split over the other num_devices / sequence_devices (axis 'data').
   sequence_devices: int = 1
+  # The batch's gradient is summed over this many microbatches (a lax.scan; the same numbers up to float summation
+  # order). 0: automatic, 1 on accelerators and on CPU as many as keep each one's activations in cache (faster
+  # there: experiments.train.microbatch_count).
+  microbatches: int = 0
   log_every: int = 100  # steps between console / TensorBoard logs
   checkpoint_every: int = 200  # steps between Orbax checkpoints (and at the end)
   keep_checkpoints: int = 2  # checkpoints kept on disk
@@ -65,7 +69,7 @@ class TrainConfig:
   def __post_init__(self):
     check_at_least('train', self, 1, ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
                                       'sequence_devices'))
-    check_at_least('train', self, 0, ('train_size', 'num_devices', 'time_limit_s'))
+    check_at_least('train', self, 0, ('train_size', 'num_devices', 'time_limit_s', 'microbatches'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +308,9 @@ def build(c):
   data_devices = devices // train.sequence_devices
   if train.batch_size % data_devices:
     raise ValueError(f'batch_size {train.batch_size} must split evenly over {data_devices} data-parallel devices')
+  if train.microbatches and train.batch_size // data_devices % train.microbatches:
+    raise ValueError(f'train.microbatches {train.microbatches} must divide the {train.batch_size // data_devices} '
+                     'sequences each data-parallel device gets')
   length = sequence_length(task)
   if length % train.sequence_devices:
     raise ValueError(f'sequences of {length} tokens must split evenly over train.sequence_devices='

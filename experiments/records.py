@@ -10,9 +10,9 @@ or evaluated under the new settings' name.
 
 Fields that do not change a run's numbers, and so may differ (`UNRECORDED`): how many steps (more continues the
 run, fewer stops it), how often it logs, evaluates and checkpoints, how many checkpoints it keeps, its time limit,
-and how many devices it is split over (the same numbers up to float reduction order). The grid compares only
-what made the weights (`training_fields`: the evaluation section may differ, its cells are keyed by it), and
-the sections of attention kinds the run neither trains nor evaluates with (the grid's own `anna`) never count.
+and how many devices and microbatches it is split over (the same numbers up to float reduction order). The grid
+compares only what made the weights (`training_fields`: the evaluation section may differ, its cells are keyed by
+it), and the sections of attention kinds the run neither trains nor evaluates with (the grid's own `anna`) never count.
 Runs from before these records (a result.json or checkpoints, no config.json) are compared with their
 result.json where there is one, and are otherwise adopted with a warning. Fields the record lacks (added to the
 code later) count as recorded at their default.
@@ -31,7 +31,8 @@ from experiments import experiment
 from experiments.configs import default
 
 UNRECORDED = ('train.steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
-              'train.time_limit_s', 'train.num_devices', 'train.sequence_devices', 'evaluation.every')
+              'train.time_limit_s', 'train.num_devices', 'train.sequence_devices', 'train.microbatches',
+              'evaluation.every')
 RECORD = 'config.json'
 
 
@@ -150,9 +151,9 @@ class RunResult(collections.abc.Mapping):
   steps: int  # steps completed
   fields: dict  # every config field the run read: 'model.depth', 'attention.kind', ...
   metrics: dict  # the last logged and evaluated values: 'train/loss', 'eval/error', 'eval/error_k1', ...
-  info: dict  # how it ran: compile_seconds, train_seconds, resumed_from, device, num_devices
+  info: dict  # how it ran: compile_seconds, train_seconds, resumed_from, device, num_devices, microbatches
 
-  INFO = ('compile_seconds', 'train_seconds', 'resumed_from', 'device', 'num_devices')
+  INFO = ('compile_seconds', 'train_seconds', 'resumed_from', 'device', 'num_devices', 'microbatches')
 
   @classmethod
   def from_flat(cls, name, flat):

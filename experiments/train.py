@@ -48,6 +48,7 @@ class Trainer:
     self.data_key = jax.random.key(x.seed + 1)  # training stream
     # A fixed training set (the paper's Match2: 10,000 sequences), drawn once from its own seed.
     self.train_set = x.task.train_set(x.seed + 3, x.train.train_size) if x.train.train_size else None
+    self.microbatches = microbatch_count(x, self.mesh.shape['data'])
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
 
   def _train_batch(self, step, train_set):
@@ -60,17 +61,72 @@ class Trainer:
   def _train_step(self, state, step, train_set):
     model, optimizer = nnx.merge(self.graphdef, state)
     batch = self._train_batch(step, train_set)
-    (_, step_metrics), grads = nnx.value_and_grad(metrics.loss_and_metrics, has_aux=True)(model, batch)
+    grads, step_metrics = self._gradient(model, batch)
     optimizer.update(model, grads)
     step_metrics['lr'] = self.schedule(step)
     # Parameters stay replicated (XLA would otherwise split a position table along the sequence axis).
     return jax.lax.with_sharding_constraint(nnx.state((model, optimizer)), self.replicated), step_metrics
+
+  def _gradient(self, model, batch):
+    """(the gradient of the batch's mean loss, the batch's metrics), summed over self.microbatches microbatches
+    in a lax.scan: row r of the batch goes to microbatch r % microbatches (each holds rows of every data-parallel
+    device). Each microbatch's gradient is weighted by its share of the loss tokens, so the sum is the whole
+    batch's gradient up to float summation order."""
+    count = self.microbatches
+    if count == 1:  # the plain gradient: bitwise what runs from before microbatches computed
+      (_, step_metrics), grads = nnx.value_and_grad(metrics.loss_and_metrics, has_aux=True)(model, batch)
+      return grads, step_metrics
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    split = jax.tree.map(lambda a: a.reshape(a.shape[0] // count, count, *a.shape[1:]).swapaxes(0, 1), batch)
+    loss_tokens = jnp.maximum(jnp.sum(batch['loss_mask']), 1)
+
+    def loss(params, microbatch):
+      # Every microbatch starts from the step's non-trained state (a resampled hash function's call count), so
+      # all of them see the hashes an unsplit step would; the state after any of them is the step's.
+      model = nnx.merge(graphdef, params, rest, copy=True)  # fresh variables of this trace
+      value, step_metrics = metrics.loss_and_metrics(model, shard(self.mesh, microbatch))
+      return value, (step_metrics, nnx.split(model, nnx.Param, ...)[2])
+
+    def accumulate(grads, microbatch):
+      (value, (step_metrics, after)), microbatch_grads = jax.value_and_grad(loss, has_aux=True)(params, microbatch)
+      share = jnp.sum(microbatch['loss_mask']) / loss_tokens
+      grads = jax.tree.map(lambda total, g: total + share * g, grads, microbatch_grads)
+      return grads, (share * value, step_metrics, after)
+
+    grads, (losses, per_microbatch, after) = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), split)
+    nnx.update(model, jax.tree.map(lambda a: a[-1], after))
+    # Counts (wrong, counted) add up; the attention stats are means over equal microbatches.
+    step_metrics = {name: jnp.sum(v, 0) if jnp.issubdtype(v.dtype, jnp.integer) else jnp.mean(v, 0)
+                    for name, v in per_microbatch.items()}
+    step_metrics['loss'] = jnp.sum(losses)
+    return grads, step_metrics
 
   def evaluate(self, state):
     """The Evaluator's entries for the trained state (model, optimizer)."""
     model, _ = nnx.merge(self.graphdef, state)
     params, rest = nnx.state(model, nnx.Param, ...)
     return self.evaluator.evaluate(params, rest)
+
+
+# On CPU a step runs faster when each microbatch's MLP activations (sequences x tokens x MLP width floats) stay
+# within about this many (2 MiB, a core's cache here): the induction-heads model's 32 x 101 x 512 in 4 microbatches
+# trains 1.4x faster; k-hop's and Match2's at N = 32 (one microbatch) do not gain from more
+# (benchmarks/results/train_step_profile/).
+CPU_MICROBATCH_FLOATS = 512 * 1024
+
+
+def microbatch_count(x, data_devices):
+  """train.microbatches, or where it is 0 (automatic): 1 on accelerators; on CPU the fewest microbatches (a divisor
+  of each data-parallel device's batch) whose MLP activations fit CPU_MICROBATCH_FLOATS."""
+  if x.train.microbatches:
+    return x.train.microbatches
+  per_device = x.train.batch_size // data_devices
+  if jax.default_backend() != 'cpu':
+    return 1
+  floats_per_sequence = experiment.sequence_length(x.task) * x.model.mlp_ratio * x.model.width
+  fitting = [count for count in range(1, per_device + 1)
+             if per_device % count == 0 and per_device // count * floats_per_sequence <= CPU_MICROBATCH_FLOATS]
+  return fitting[0] if fitting else per_device
 
 
 def train_and_evaluate(config, workdir, tb_dir=None, label=''):
@@ -184,6 +240,6 @@ def _run(trainer, workdir, tb_dir, label):
   writer.hparams_session_end(ok=progress.status == 'done')
   writer.close()
   info = dict(compile_seconds=round(compile_seconds, 3), train_seconds=round(train_seconds, 3), resumed_from=start,
-              device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size)
+              device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size, microbatches=trainer.microbatches)
   return records.RunResult(os.path.basename(os.path.normpath(workdir)), progress.status, steps, dict(x.fields),
                            {k: (round(v, 6) if isinstance(v, float) else v) for k, v in progress.last.items()}, info)

@@ -121,10 +121,10 @@ def test_measure_runs_in_process_from_a_settings_object():
 @pytest.mark.slow
 def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
   # benchmarks/device_check.sh as `make device-check` runs it, shrunk: two lengths, one kind, a 1 s scaling
-  # budget (so the second length is skipped: the budget works), then the induction surrogate for 2 s (a
-  # tiny model), which must stop on its time limit with a checkpoint and a result the same command resumes.
+  # budget (so the second length is skipped: the budget works), the train step's speed, then the induction
+  # surrogate for 2 s (a tiny model), which must stop on its time limit with a checkpoint and a result the same command resumes.
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu', PYTHON=sys.executable, LENGTHS='64,128',
-             KINDS='anna_softmax', SCALING_SECONDS='1', REPEATS='1', TRAIN_SECONDS='2',
+             KINDS='anna_softmax', SCALING_SECONDS='1', REPEATS='1', TRAIN_SECONDS='2', SPEED_SETTINGS='1:1',
              TRAIN_FLAGS='--config.model.width=16 --config.task.khop.n=16 --config.evaluation.test_size=8 '
                          '--config.train.batch_size=4 --config.train.log_every=1')
   out = tmp_path / 'check'
@@ -141,6 +141,8 @@ def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
   trained = json.loads((run / 'result.json').read_text())
   assert trained['status'] == 'time_limit' and 0 < trained['steps'] < 400_000 and 'eval/error' in trained
   assert (run / 'checkpoints' / str(trained['steps'])).is_dir()
+  speed = (out / 'train_step_speed.md').read_text()  # the same tiny model's step
+  assert '| 1 | 1 |' in speed and 'share of the FLOP bound' in speed
   assert 'finished' in (out / 'device.txt').read_text()
 
 

@@ -368,3 +368,34 @@ def test_value_gain_lr_scale_multiplies_the_gains_updates_only():
     gain = optim.VALUE_GAIN in [str(key) for key in path]
     np.testing.assert_allclose(np.asarray(b), np.asarray(a) * (10.0 if gain else 1.0), rtol=1e-6)
   assert any(optim.VALUE_GAIN in [str(key) for key in path] for path, _ in plain)
+
+
+def test_microbatches_give_the_batch_gradient_with_one_hash_draw_per_step():
+  # train.microbatches sums the gradient over microbatches in a lax.scan: the plain step's numbers up to float
+  # order, rows with fewer loss tokens weighted by their share, anna's resampled hashes drawn once per step.
+  anna = {'attention.kind': 'anna', 'attention.anna.straight_through': True, 'attention.anna.resample_hashes': True}
+  trainer = train.Trainer(experiment.build(tiny_config(anna)))
+  batch = trainer.x.task.sample(jax.random.key(0), 8)
+  batch['loss_mask'] = batch['loss_mask'].at[:3, 2:].set(False)  # microbatches of unequal loss tokens
+  results, hash_calls = {}, {}
+  for count in (1, 4):
+    model, _ = nnx.merge(trainer.graphdef, trainer.initial_state, copy=True)
+    trainer.microbatches = count
+    results[count] = nnx.jit(trainer._gradient)(model, batch)
+    hash_calls[count] = [int(v[...]) for path, v in nnx.to_flat_state(nnx.state(model)) if path[-1] == 'hash_calls']
+  (plain_grads, plain), (split_grads, split) = results[1], results[4]
+  assert hash_calls[1] == hash_calls[4] == [1]  # drawn once, as the unsplit step does
+  assert set(split) == set(plain) and split['counted'] == plain['counted'] and split['wrong'] == plain['wrong']
+  for name in plain:
+    np.testing.assert_allclose(split[name], plain[name], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(split_grads)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+
+
+def test_microbatches_automatic_on_cpu_and_checked():
+  from experiments.configs import induction_paper, match2_paper
+  assert train.microbatch_count(experiment.build(induction_paper.get_config()), 1) == 4  # 32 x 101 x 512 floats
+  assert train.microbatch_count(experiment.build(induction_paper.get_config()), 2) == 2
+  assert train.microbatch_count(experiment.build(match2_paper.get_config()), 1) == 1
+  with pytest.raises(ValueError, match='microbatches 3 must divide the 8 sequences'):
+    experiment.build(tiny_config({'train.microbatches': 3}))

@@ -23,7 +23,8 @@ Grid on the latest result:
       --workdir=runs/induction_paper \
       --config.sweep.attention.unit_softmax.beta='(1.0,)' --config.train.steps=S
 Measured here (2-core AMD EPYC VM, jax 0.10.2 CPU): 2.2-4.8 steps/s on one core pinned with taskset while the
-other core ran tests and benchmarks (about 6 steps/s with the machine to itself); 12,000 steps took 1 h 45 min.
+other core ran tests and benchmarks; 12,000 steps took 1 h 45 min. With the machine to itself 7.1-7.2 steps/s
+unsplit, 10.4-11.5 with the 4 microbatches train.microbatches picks on CPU by default (2026-12-07).
 The grid: 5-7 s per cell (288 cells, 10 draws each), about 30 minutes. Results in
 experiments/results/induction_paper/README.md.
 """

@@ -269,3 +269,14 @@ for d in 1 2 3 4 5; do
   ln -sfn "$PWD/$run/runs/khop-anna-depth=$d" runs/khop_vg_all/runs/khop-anna_through_vg-depth=$d
 done
 $PY -m experiments.khop_table --workdir=runs/khop_vg_all --out=experiments/results/reasoning/khop_anna_value_gain_warm
+# ---- Seventh session (2026-12-07, 14:40-17:40 UTC; nothing else running during the timings).
+# 19. Training throughput (item 2): the profiles and speed tables (train.microbatches, new this session).
+sh benchmarks/scripts/train_step_profile.sh
+#     Section 15 (d)'s 12k value-gain surrogate again with the automatic microbatches (4 on this CPU), then the same
+#     reduced grid: the split gradient trains a model as good as the unsplit one (a first try of 2,000 steps was
+#     stopped and resumed by the same command; it ran with --workdir=/tmp/tp/runs/vg12k_micro).
+VG="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.model.value_gain=True --config.train.steps=12000
+ --config.optim.schedule=linear_decay"
+$PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_vg_decay12000_microbatches $VG
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_vg_decay12000_microbatches $VG \
+    "--config.grid.tables_per_layer=((32,96),(4,32))" --config.grid.draws=10
