@@ -280,3 +280,10 @@ VG="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.model.value_gain=
 $PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_vg_decay12000_microbatches $VG
 $PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_vg_decay12000_microbatches $VG \
     "--config.grid.tables_per_layer=((32,96),(4,32))" --config.grid.draws=10
+# 20. Figure 1b: section 15's recipe at 36,000 steps (automatic microbatches), then the same reduced grid (it ran with
+#     --workdir=/tmp/tp/runs/vg36k).
+VG="--config.sweep.attention.unit_softmax.beta=(1.0,) --config.model.value_gain=True --config.train.steps=36000
+ --config.optim.schedule=linear_decay"
+$PY -m experiments.main --mode=train --config=$I --workdir=runs/induction_b1_vg_decay36000 $VG
+$PY -m experiments.main --mode=grid --config=$I --workdir=runs/induction_b1_vg_decay36000 $VG \
+    "--config.grid.tables_per_layer=((32,96),(4,32))" --config.grid.draws=10
