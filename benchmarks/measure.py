@@ -200,14 +200,29 @@ def quality(record, spec, s, q, k, v, out, stats, key):
     record.relative_error = float(error(q, k, v, out, positions))
 
 
-def train_step_flops(config):
-  """XLA's FLOPs of a run config's plain train step (one device, one microbatch: XLA counts a scan's body once)."""
+def compiled_train_step(config, num_devices=None, microbatches=None):
+  """(Trainer, its train step compiled for repeated calls on the same state, the call's args) of a run config,
+  with train.num_devices / train.microbatches overridden where given. Not the Trainer's donating step: timings
+  step the same state again and again."""
   from experiments import experiment, train  # noqa: PLC0415 (the attention benchmarks need no experiments)
   c = config.copy_and_resolve_references()
-  c.train.num_devices, c.train.microbatches = 1, 1
+  if num_devices is not None:
+    c.train.num_devices = num_devices
+  if microbatches is not None:
+    c.train.microbatches = microbatches
   trainer = train.Trainer(experiment.build(c))
-  return compiled_flops(jax.jit(trainer._train_step).lower(trainer.initial_state, jnp.int32(0), trainer.train_set)
-                        .compile())
+  args = (trainer.initial_state, jnp.int32(0), trainer.train_set)
+  with jax.set_mesh(trainer.mesh):
+    return trainer, jax.jit(trainer._train_step).lower(*args).compile(), args
+
+
+def plain_step_flops(config, compiled_steps=()):
+  """XLA's FLOPs of a run config's plain train step (one device, one microbatch: XLA counts a scan's body once),
+  read from one of `compiled_steps` ((Trainer, compiled step) pairs) that is plain, else compiled for it."""
+  for trainer, compiled in compiled_steps:
+    if trainer.mesh.size == 1 and trainer.microbatches == 1:
+      return compiled_flops(compiled)
+  return compiled_flops(compiled_train_step(config, num_devices=1, microbatches=1)[1])
 
 
 def compiled_flops(compiled):

@@ -26,9 +26,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from benchmarks.measure import device_name, matmul_peak, print_report, train_step_flops  # noqa: E402
-from experiments import experiment  # noqa: E402
-from experiments.train import Trainer  # noqa: E402
+from benchmarks.measure import (compiled_train_step, device_name, matmul_peak, plain_step_flops,  # noqa: E402
+                                print_report)
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'an experiment config (experiments/configs/*.py)')
 OUT = flags.DEFINE_string('out', '', 'markdown file to write (default: print only)')
@@ -96,13 +95,9 @@ def category(description):
 
 
 def main(_):
-  x = experiment.build(CONFIG.value)
-  trainer = Trainer(x)
-  args = (trainer.initial_state, jnp.int32(0), trainer.train_set)
-  # Not the Trainer's donating step: the same state is stepped again and again. Compiled once, timed and traced.
-  compiled = jax.jit(trainer._train_step).lower(*args).compile()
+  trainer, compiled, args = compiled_train_step(CONFIG.value)  # compiled once, timed and traced
   seconds = best_seconds(compiled, *args, reps=REPS.value)
-  flops = train_step_flops(CONFIG.value)
+  flops = plain_step_flops(CONFIG.value, [(trainer, compiled)])
   rate = matmul_peak(jnp.float32) * 1e9
   times = op_times(compiled, args)
   described = op_descriptions(compiled.as_text())

@@ -6,7 +6,7 @@ is shared: only ratios measured in the same run are compared), with the share of
       --out=benchmarks/results/train_step_profile/induction_speed.md
 
 A setting is `num_devices:microbatches` (train.num_devices, train.microbatches; 0 is automatic). The first is the
-baseline of the ratios. The FLOP bound is the plain step's FLOPs (benchmarks.measure.train_step_flops) at the
+baseline of the ratios. The FLOP bound is the plain step's FLOPs (benchmarks.measure.plain_step_flops) at the
 matmul peak measured in the same process (benchmarks.measure.matmul_peak). Run it with nothing else running on
 the machine.
 """
@@ -22,9 +22,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-from benchmarks.measure import compiled_flops, device_name, matmul_peak, print_report, train_step_flops  # noqa: E402
-from experiments import experiment  # noqa: E402
-from experiments.train import Trainer  # noqa: E402
+from benchmarks.measure import (compiled_train_step, device_name, matmul_peak, plain_step_flops,  # noqa: E402
+                                print_report)
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'an experiment config (experiments/configs/*.py)')
 SETTINGS = flags.DEFINE_list('settings', ['1:1', '1:0'], 'num_devices:microbatches per setting; the first is the '
@@ -32,19 +31,6 @@ SETTINGS = flags.DEFINE_list('settings', ['1:1', '1:0'], 'num_devices:microbatch
 REPS = flags.DEFINE_integer('reps', 10, 'steps per timing')
 ROUNDS = flags.DEFINE_integer('rounds', 5, 'timings per setting, in turns with the others')
 OUT = flags.DEFINE_string('out', '', 'markdown file to write (default: print only)')
-
-
-def compiled_step(config, setting):
-  """(the setting's Trainer, its train step compiled once for repeated calls on the same state)."""
-  num_devices, microbatches = (int(part) for part in setting.split(':'))
-  c = config.copy_and_resolve_references()
-  c.train.num_devices, c.train.microbatches = num_devices, microbatches
-  trainer = Trainer(experiment.build(c))
-  args = (trainer.initial_state, jnp.int32(0), trainer.train_set)
-  with jax.set_mesh(trainer.mesh):
-    # Not the Trainer's donating step: the same state is stepped again and again.
-    step = jax.jit(trainer._train_step).lower(*args).compile()
-  return trainer, step, args
 
 
 def step_seconds(step, args, reps):
@@ -58,9 +44,11 @@ def step_seconds(step, args, reps):
 
 def main(_):
   config = CONFIG.value
-  runs = {setting: compiled_step(config, setting) for setting in SETTINGS.value}
-  # The plain step's FLOPs; where it is one of the settings, without compiling it again.
-  flops = compiled_flops(runs['1:1'][1]) if '1:1' in runs else train_step_flops(config)
+  runs = {}
+  for setting in SETTINGS.value:
+    num_devices, microbatches = (int(part) for part in setting.split(':'))
+    runs[setting] = compiled_train_step(config, num_devices, microbatches)
+  flops = plain_step_flops(config, [(trainer, step) for trainer, step, _ in runs.values()])
   times = {setting: [] for setting in runs}
   for _ in range(ROUNDS.value):
     for setting, (_, step, args) in runs.items():
