@@ -24,6 +24,7 @@ import functools
 import json
 import os
 
+import jax
 from absl import logging
 
 from anna_jax.tooling import write_atomic
@@ -151,9 +152,10 @@ class RunResult(collections.abc.Mapping):
   steps: int  # steps completed
   fields: dict  # every config field the run read: 'model.depth', 'attention.kind', ...
   metrics: dict  # the last logged and evaluated values: 'train/loss', 'eval/error', 'eval/error_k1', ...
-  info: dict  # how it ran: compile_seconds, train_seconds, resumed_from, device, num_devices, microbatches
+  info: dict  # how it ran: `INFO`
 
-  INFO = ('compile_seconds', 'train_seconds', 'resumed_from', 'device', 'num_devices', 'microbatches')
+  INFO = ('compile_seconds', 'train_seconds', 'resumed_from', 'device', 'num_devices', 'microbatches',
+          'peak_rss_mib', 'step_memory_mib', 'device_peak_mib')
 
   @classmethod
   def from_flat(cls, name, flat):
@@ -261,3 +263,29 @@ def latest_cells(cells):
   for c in cells:
     latest[c.run] = max(latest.get(c.run, 0), c.step)
   return [c for c in cells if c.step == latest[c.run]]
+
+
+def history_path(run_dir):
+  return os.path.join(run_dir, 'evaluations.jsonl')
+
+
+def read_history(run_dir):
+  """A run's evaluations in order: rows of step, train_seconds (training time so far, evaluation, checkpoints and
+  compilation left out, summed over resumes) and the evaluation's entries ('eval/error', 'eval/error_k1', ...)."""
+  return read_jsonl(history_path(run_dir))
+
+
+class EvaluationHistory:
+  """Appends each evaluation of a run to its evaluations.jsonl (time to accuracy is read from it). A run resumed
+  from step `start` keeps the rows up to that step and counts its training time on from theirs."""
+
+  def __init__(self, run_dir, start):
+    self.run_dir = run_dir
+    self.rows = [row for row in read_history(run_dir) if row['step'] <= start]
+    self.offset = self.rows[-1]['train_seconds'] if self.rows else 0.0
+
+  def add(self, step, train_seconds, evaluation):
+    entries = {k: v for k, v in evaluation.items() if k.startswith('eval/')}
+    self.rows.append({'step': step, 'train_seconds': round(self.offset + train_seconds, 3), **entries})
+    if jax.process_index() == 0:
+      write_jsonl(history_path(self.run_dir), self.rows)

@@ -9,6 +9,7 @@ the same numbers.
 
 import math
 import os
+import resource
 import time
 
 import jax
@@ -151,6 +152,22 @@ def run(x, workdir, tb_dir=None, label=''):
     return _run(trainer, workdir, tb_dir, label)
 
 
+def memory_info(compiled):
+  """Memory of a run, in MiB: the compiled train step's own (arguments + outputs + temporaries, as XLA plans
+  them: the same on every run of a program), the device's peak where it reports one (GPU/TPU), and this
+  process's peak resident memory (on CPU that holds the step's, beside everything else the process keeps)."""
+  mib = lambda b: round(b / 2**20, 1)
+  info = {'peak_rss_mib': mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
+  analysis = compiled.memory_analysis()
+  if analysis is not None:
+    info['step_memory_mib'] = mib(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                                  - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+  device_stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in device_stats:
+    info['device_peak_mib'] = mib(device_stats['peak_bytes_in_use'])
+  return info
+
+
 class Progress:
   """The loop's bookkeeping: each step's metrics read one step late (the next step is already dispatched), the
   last logged values, the steps/s of the current logging window and the run's status."""
@@ -201,10 +218,12 @@ def _run(trainer, workdir, tb_dir, label):
   compiled = trainer.train_step.lower(state, jnp.int32(start), trainer.train_set).compile()
   compile_seconds = time.perf_counter() - t0
   logging.info('%s compiled train step in %.1fs', label, compile_seconds)
+  history = records.EvaluationHistory(workdir, start)
 
   progress = Progress(x, writer, label)
   pending = None  # (step, metrics) of the step dispatched last: read after dispatching the next
   train_start = time.perf_counter()
+  evaluation_seconds = 0.0  # spent evaluating and checkpointing: left out of the training time the history keeps
   limit = x.train.time_limit_s
   for step in range(start, steps):
     state, step_metrics = compiled(state, jnp.int32(step), trainer.train_set)
@@ -221,11 +240,14 @@ def _run(trainer, workdir, tb_dir, label):
       pending = None
       if not ok:
         break
+      paused = time.perf_counter()  # every step dispatched so far has finished (its loss was read)
       if save:
         checkpoints.save(manager, completed, state)
       if evaluate:
         progress.evaluated(completed, trainer.evaluate(state))
+        history.add(completed, paused - train_start - evaluation_seconds, progress.last)
         logging.info('%s eval at step %d: error %.4f', label, completed, progress.last['eval/error'])
+      evaluation_seconds += time.perf_counter() - paused
     if out_of_time:
       progress.status, steps = 'time_limit', completed
       logging.info('%s time limit (%.0f s) reached at step %d: checkpoint saved; the same command resumes',
@@ -240,6 +262,7 @@ def _run(trainer, workdir, tb_dir, label):
   writer.hparams_session_end(ok=progress.status == 'done')
   writer.close()
   info = dict(compile_seconds=round(compile_seconds, 3), train_seconds=round(train_seconds, 3), resumed_from=start,
-              device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size, microbatches=trainer.microbatches)
+              device=jax.devices()[0].device_kind, num_devices=trainer.mesh.size, microbatches=trainer.microbatches,
+              **memory_info(compiled))
   return records.RunResult(os.path.basename(os.path.normpath(workdir)), progress.status, steps, dict(x.fields),
                            {k: (round(v, 6) if isinstance(v, float) else v) for k, v in progress.last.items()}, info)
