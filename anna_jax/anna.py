@@ -51,8 +51,14 @@ class ANNAConfig:
   # A training aid (ours, not the paper's; read by `anna` in a model, not by anna_attention): the forward stays
   # Algorithm 1, and q and k get the gradient of the collision kernel p^z / sum p^z (p = 1 - angle / pi, z =
   # num_hashes), the weights Algorithm 1 tends to as its tables grow, so a model can learn its queries and keys
-  # through the attention it runs. v keeps Algorithm 1's exact gradient. Costs an O(n^2) kernel per call.
+  # through the attention it runs. v keeps Algorithm 1's exact gradient.
   straight_through: bool = False
+  # Which pairs that gradient reads (anna_jax.collision_gradient): 'all', the dense kernel (O(n^2) per call; a
+  # sequence split over devices is gathered for it), or 'colliding', the pairs Algorithm 1's tables collide,
+  # weighted by their counts (O(n * tables * window): no n x n tensor).
+  straight_through_pairs: str = 'all'
+  straight_through_tables: int = 0  # 'colliding': the first this many tables feed the gradient (0: all)
+  straight_through_window: int = 16  # 'colliding': keys of its bucket each query is scored against, per table
 
   def __post_init__(self):  # a config that exists is valid
     self.validate()
@@ -63,6 +69,11 @@ class ANNAConfig:
     if self.straight_through and (self.family != 'hyperplane' or self.num_hashes < 1):
       raise ValueError('straight_through needs the hyperplane family (its collision kernel) and num_hashes >= 1, '
                        f'got {self.family!r} and {self.num_hashes}')
+    if self.straight_through_pairs not in ('all', 'colliding'):
+      raise ValueError(f"straight_through_pairs must be 'all' or 'colliding', got {self.straight_through_pairs!r}")
+    if not 0 <= self.straight_through_tables <= self.num_tables or self.straight_through_window < 1:
+      raise ValueError(f'need 0 <= straight_through_tables <= num_tables and straight_through_window >= 1, got '
+                       f'{self.straight_through_tables}, {self.straight_through_window}')
     lsh.validate_family(self.family)
     if self.crosspolytope_dim < 0:
       raise ValueError(f'crosspolytope_dim must be >= 0, got {self.crosspolytope_dim}')
@@ -72,6 +83,7 @@ class ANNAConfig:
 class ANNAStats(NamedTuple):
   no_collision_fraction: jax.Array  # share of real queries whose buckets hold no key in any table
   mean_collisions: jax.Array  # (key, table) collisions per real query: sum_j c_ij, averaged
+  counts: jax.Array = None  # (batch, n, heads) int32: each query's collisions sum_j c_ij (0 for padding)
 
 
 def draw_projections(key, num_heads, head_dim, config):
@@ -230,4 +242,5 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False, tun
     sums, counts = _scan_plan(q_ids, k_ids, v, valid, num_ids, causal)
     out = jnp.where(q_valid[..., None], sums / jnp.maximum(counts, 1)[..., None], 0.0)  # no collision: zeros
     counts = jnp.where(q_valid, counts, 0)
-  return out.astype(v.dtype), jax.tree.map(jax.lax.stop_gradient, collision_stats(counts, valid))
+  stats = collision_stats(counts, valid)._replace(counts=counts)
+  return out.astype(v.dtype), jax.tree.map(jax.lax.stop_gradient, stats)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from anna_jax import checks, oracle, registry
+from anna_jax import checks, collision_gradient, oracle, plans, registry
 from anna_jax.anna import ANNAConfig, anna_attention, draw_projections
 from anna_jax.anna_softmax import ANNASoftmaxConfig, anna_softmax_attention
 from anna_jax.baselines import (BlockwiseConfig, FullConfig, LowRankConfig, UnitSoftmaxConfig, draw_random_features,
@@ -217,15 +217,21 @@ class ANNAAttention(HashingAttention):
     # Hash the unit-normalised q and k, as the unit_softmax surrogate sees them (angular LSH is
     # scale-invariant, so this only makes the correspondence explicit).
     q, k = unit_norm(q), unit_norm(k)
+    counts = None
     if mesh := sequence_mesh():
       out, stats = sequence_parallel_anna(q, k, v, projections, self.config, mesh, mask=mask, causal=causal)
-      stats = {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}
     else:
       out, stats = anna_attention(q, k, v, projections, self.config, mask=mask, causal=causal)
-      stats = stats._asdict()
-    if self.config.straight_through:  # on one device and sequence-parallel alike
+      stats, counts = stats._asdict(), stats.counts
+    if self.config.straight_through and self.config.straight_through_pairs == 'colliding' and counts is not None:
+      valid = jnp.ones(q.shape[:2]) if mask is None else mask.astype(jnp.float32)
+      out = collision_gradient.straight_through(
+          out, q, k, jax.lax.stop_gradient(v), counts.astype(jnp.float32), projections, valid, causal,
+          self.config.straight_through_tables, self.config.straight_through_window,
+          plans.resolve(self.config.loop_plan, 'anna straight-through'))
+    elif self.config.straight_through:  # the dense kernel, on one device and sequence-parallel alike
       out = with_kernel_gradient(out, q, k, v, self.config.num_hashes, mask, causal)
-    return out, stats
+    return out, {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}
 
 
 def anna_hashes(n, s):

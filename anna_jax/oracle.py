@@ -75,3 +75,27 @@ def anna_softmax_dense_reference(q, k, v, projections, *, family='hyperplane', m
     weights = allowed.astype(q.dtype)
   total = jnp.sum(weights, axis=-1, keepdims=True)
   return jnp.einsum('bhqk,bkhd->bqhd', weights / jnp.where(total > 0, total, 1.0), v)
+
+
+def colliding_gradient_reference(q, k, v, g, projections, *, tables=0, mask=None, causal=False):
+  """The straight-through 'colliding' estimator (anna_jax.collision_gradient) written densely: (dq, dk) of
+  sum_i g_i . (sum_j w_ij (v_j - o_i)) with w_ij = (l / l_g) c^G_ij e^(s_ij - sg(s_ij)) / C_i, where c^G counts
+  collisions in the first l_g = `tables` tables (0: all), C_i = sum_j c_ij over all l, o Algorithm 1's output and
+  s_ij = z log(1 - angle / pi) of unit q, k. Every colliding pair, no window."""
+  total = projections.shape[1]
+  tables = tables or total
+  hashes = projections.shape[-1]
+  counts = collision_counts(q, k, projections, 'hyperplane', mask, causal).astype(jnp.float32)  # (b, h, n, n)
+  sampled = collision_counts(q, k, projections[:, :tables], 'hyperplane', mask, causal).astype(jnp.float32)
+  per_query = jnp.sum(counts, axis=-1, keepdims=True)
+  inverse = jnp.where(per_query > 0, 1.0 / jnp.maximum(per_query, 1.0), 0.0)
+  out = jnp.einsum('bhqk,bkhd->bqhd', counts * inverse, v)
+  g_dot = jnp.einsum('bqhd,bkhd->bhqk', g, v) - jnp.einsum('bqhd,bqhd->bhq', g, out)[..., None]
+
+  def surrogate(q, k):
+    cos = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+    score = hashes * jnp.log1p(-jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6)) / jnp.pi)
+    weights = total / tables * sampled * jnp.exp(score - jax.lax.stop_gradient(score)) * inverse
+    return jnp.sum(weights * g_dot)
+
+  return jax.grad(surrogate, argnums=(0, 1))(q, k)

@@ -20,7 +20,8 @@ Per kind, the settings scale with N:
   anna_softmax  4 tables x log2(N / 16) hashes (buckets of about 16 keys), chunks of 64, window 128
   anna          Algorithm 1 trained through (straight_through, hashes redrawn every step) from the full run of the
                 same cell, 256 tables x 8 hashes with the learned value gain at 10x the rate: the recipe that put
-                it within 1 of full attention at N = 32 (experiments/results/reasoning/, section 18)
+                it within 1 of full attention at N = 32 (experiments/results/reasoning/, section 18), with the
+                sub-quadratic 'colliding' gradient (16 of the tables, windows of 16 keys: anna_jax.collision_gradient)
 The exact commands: experiments/scripts/khop_length_table.sh; the table, heat maps and time-to-accuracy plots:
   python -m experiments.studies.length_table --workdir=runs/khop_length --out=experiments/results/khop_length_table
 GPU scale (the device check, or a GPU host): experiments/configs/khop_length_gpu.py (N = 8K to 64K).
@@ -55,7 +56,9 @@ def get_config(arg=''):
   c.attention.reformer.update(dict(num_rounds=2, num_buckets=max(2, n // 32), chunk_size=32))
   c.attention.anna_softmax.update(dict(num_tables=4, num_hashes=max(1, round(math.log2(n / 16))), chunk_size=64,
                                        window=128))
-  c.attention.anna.update(dict(num_tables=256, num_hashes=8, straight_through=True, resample_hashes=True))
+  c.attention.anna.update(dict(num_tables=256, num_hashes=8, straight_through=True, resample_hashes=True,
+                               straight_through_pairs='colliding', straight_through_tables=16,
+                               straight_through_window=16))
   c.sweep.model.depth = ()
   c.sweep.attention.kind = ('full', 'local', 'lowrank', 'reformer', 'anna_softmax')
   return c
