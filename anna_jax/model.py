@@ -21,7 +21,9 @@ class TransformerConfig:
   mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * width
   positional: str = 'learned'  # 'learned', 'sinusoidal' or 'none' (for order-free tasks such as Match2)
   causal: bool = False  # token i sees only tokens j <= i
-  attention: AttentionConfig = AttentionConfig()
+  # Built per config, not once at import: model.py is imported before anna_jax/kinds/ registers its kinds, and an
+  # AttentionConfig holds a section for every kind registered when it is made.
+  attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
   # Per-layer attention overriding `attention` (empty: every layer uses `attention`); e.g. ANNA with more
   # tables in layer 1 than in layer 2, as in the paper's induction-heads grid.
   layer_attention: tuple = ()

@@ -124,3 +124,11 @@ def test_per_layer_attention_and_surrogate_weights_load_into_anna():
   assert logits.shape == (2, 16, 3) and 0.0 <= float(stats['no_collision_fraction']) <= 1.0
   with pytest.raises(ValueError, match='layer_attention'):
     Transformer(config(layer_attention=layers[:1]), rngs=nnx.Rngs(0))
+
+
+def test_default_attention_config_holds_every_registered_kind():
+  # The default was once built when model.py was imported, before anna_jax/kinds/ registered `local`.
+  from anna_jax import registry
+  config = TransformerConfig(vocab_size=4, num_classes=2, max_len=8)
+  assert config.attention == AttentionConfig()
+  assert config.attention.local == registry.get('local').config()
