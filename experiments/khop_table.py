@@ -10,7 +10,6 @@ one fixed cell). Writes khop_table.md, khop_table.png and results.jsonl (every r
 (default: the workdir).
 """
 
-import io
 import os
 import re
 
@@ -20,6 +19,7 @@ from absl import app, flags
 from anna_jax import registry
 from anna_jax.tooling import fail, flags_parser, write_atomic
 from experiments import metrics, records
+from experiments.plots import heat_maps
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/khop_depth_table', 'The sweep workdir (runs/ and grid.jsonl).')
 _OUT = flags.DEFINE_string('out', '', 'Where khop_table.md and khop_table.png go (default: the workdir).')
@@ -68,44 +68,6 @@ def grid_panels(workdir, fixed_tables, fixed_hashes):
       fixed_label = f'anna l={fixed_tables} z={fixed_hashes} <- {source}'
       panels.setdefault(fixed_label, {})[depth] = dict(fixed[0].errors_by_k)
   return panels, winners
-
-
-def heat_maps(panels):
-  """PNG bytes: error per (depth, k), one panel per variant, one colour scale (0..1)."""
-  import matplotlib.pyplot as plt
-
-  names = list(panels)
-  columns = min(4, len(names))
-  rows_ = -(-len(names) // columns)
-  fig, axes = plt.subplots(rows_, columns, figsize=(3.6 * columns, 2.9 * rows_), squeeze=False,
-                           layout='constrained')  # room for the shared colour bar
-  image = None
-  for ax, name in zip(axes.flat, names):
-    depths = sorted(panels[name])
-    ks = sorted({k for d in depths for k in panels[name][d]})
-    values = np.full((len(depths), len(ks)), np.nan)
-    for i, d in enumerate(depths):
-      for j, k in enumerate(ks):
-        values[i, j] = panels[name][d].get(k, np.nan)
-    image = ax.imshow(values, cmap='viridis_r', vmin=0.0, vmax=1.0, aspect='auto', origin='lower')
-    for i in range(len(depths)):
-      for j in range(len(ks)):
-        if np.isfinite(values[i, j]):
-          ax.text(j, i, f'{100 * values[i, j]:.0f}', ha='center', va='center', fontsize=6,
-                  color='white' if values[i, j] > 0.5 else 'black')
-    ax.set_xticks(range(len(ks)), ks)
-    ax.set_yticks(range(len(depths)), depths)
-    ax.set_xlabel('k (hops)')
-    ax.set_ylabel('depth')
-    ax.set_title(name, fontsize=8)
-  for ax in list(axes.flat)[len(names):]:
-    ax.axis('off')
-  if image is not None:
-    fig.colorbar(image, ax=axes.ravel().tolist(), label='error on answer tokens (cells: %)', shrink=0.8)
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=100)
-  plt.close(fig)
-  return buffer.getvalue()
 
 
 def kind_of(name):

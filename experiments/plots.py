@@ -1,4 +1,5 @@
-"""Figures: the sweep's error vs depth, and the grid evaluation's Figure 1 (a: one layer, b: two layers)."""
+"""Figures: the sweep's error vs depth, the grid evaluation's Figure 1 (a: one layer, b: two layers), and the k-hop
+tables' heat maps (error per row and k, a panel per kind)."""
 
 import io
 
@@ -105,3 +106,40 @@ def fitted_slope(x, y):
   """Least-squares slope of y on x (None for fewer than 2 distinct points)."""
   x, y = np.asarray(x, float), np.asarray(y, float)
   return float(np.polyfit(x, y, 1)[0]) if len(set(x.tolist())) >= 2 else None
+
+
+def heat_maps(panels, row_label='depth'):
+  """PNG bytes: error per (row, k), one panel per variant, one colour scale (0..1); rows are depths (or what
+  `row_label` names)."""
+  names = list(panels)
+  columns = min(4, len(names))
+  rows_ = -(-len(names) // columns)
+  fig, axes = plt.subplots(rows_, columns, figsize=(3.6 * columns, 2.9 * rows_), squeeze=False,
+                           layout='constrained')  # room for the shared colour bar
+  image = None
+  for ax, name in zip(axes.flat, names):
+    depths = sorted(panels[name])
+    ks = sorted({k for d in depths for k in panels[name][d]})
+    values = np.full((len(depths), len(ks)), np.nan)
+    for i, d in enumerate(depths):
+      for j, k in enumerate(ks):
+        values[i, j] = panels[name][d].get(k, np.nan)
+    image = ax.imshow(values, cmap='viridis_r', vmin=0.0, vmax=1.0, aspect='auto', origin='lower')
+    for i in range(len(depths)):
+      for j in range(len(ks)):
+        if np.isfinite(values[i, j]):
+          ax.text(j, i, f'{100 * values[i, j]:.0f}', ha='center', va='center', fontsize=6,
+                  color='white' if values[i, j] > 0.5 else 'black')
+    ax.set_xticks(range(len(ks)), ks)
+    ax.set_yticks(range(len(depths)), depths)
+    ax.set_xlabel('k (hops)')
+    ax.set_ylabel(row_label)
+    ax.set_title(name, fontsize=8)
+  for ax in list(axes.flat)[len(names):]:
+    ax.axis('off')
+  if image is not None:
+    fig.colorbar(image, ax=axes.ravel().tolist(), label='error on answer tokens (cells: %)', shrink=0.8)
+  buffer = io.BytesIO()  # not png(): its tight layout would undo the constrained one
+  fig.savefig(buffer, format='png', dpi=100)
+  plt.close(fig)
+  return buffer.getvalue()

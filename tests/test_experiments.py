@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from anna_jax.tasks import KHop
-from experiments import checkpoints, configs, experiment, metrics, records, sweep, train
+from experiments import checkpoints, configs, experiment, metrics, plots, records, sweep, train
 from experiments.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -336,7 +336,7 @@ def test_khop_table_puts_trained_runs_and_grid_cells_in_one_table(tmp_path):
   text = khop_table.markdown(khop_table.ordered({**panels, **anna}), winners)
   assert '| depth | full | unit_softmax | anna best cell <- unit_softmax | anna l=16 z=4 <- unit_softmax |' in text
   assert '| 1 | 0 |  |  |  |  |' in text and '| 2 | 1 | 1 | 1 (l=4, z=2) | -1 | 1 |' in text
-  assert khop_table.heat_maps(panels)[:4] == b'\x89PNG'
+  assert plots.heat_maps(panels)[:4] == b'\x89PNG'
 
 
 def test_a_model_field_no_module_reads_is_an_error():
@@ -399,3 +399,44 @@ def test_microbatches_automatic_on_cpu_and_checked():
   assert train.microbatch_count(experiment.build(match2_paper.get_config()), 1) == 1
   with pytest.raises(ValueError, match='microbatches 3 must divide the 8 sequences'):
     experiment.build(tiny_config({'train.microbatches': 3}))
+
+
+def test_evaluation_history_keeps_training_seconds_across_a_resume(tmp_path):
+  history = records.EvaluationHistory(str(tmp_path), 0)
+  history.add(5, 1.5, {'eval/error': 0.5, 'train/loss': 2.0})
+  history.add(10, 3.0, {'eval/error': 0.25})
+  resumed = records.EvaluationHistory(str(tmp_path), 5)  # killed after step 5's checkpoint: step 10's row goes
+  resumed.add(10, 2.0, {'eval/error': 0.2})
+  assert records.read_history(str(tmp_path)) == [{'step': 5, 'train_seconds': 1.5, 'eval/error': 0.5},
+                                                  {'step': 10, 'train_seconds': 3.5, 'eval/error': 0.2}]
+
+
+def test_length_table_charges_warm_starts_and_finds_who_reaches_each_k_first(tmp_path):
+  from experiments import length_table
+  cell = tmp_path / 'n128_a16' / 'runs'
+
+  def run(name, kind, history, init_from=''):
+    (cell / name).mkdir(parents=True)
+    last = history[-1]
+    result = {'task.name': 'khop', 'status': 'done', 'steps': last['step'], 'attention.kind': kind,
+              'train.init_from': init_from, 'train_seconds': last['train_seconds'], 'step_memory_mib': 10.0,
+              'train/steps_per_sec': 2.0, **{k: v for k, v in last.items() if k.startswith('eval/')}}
+    (cell / name / 'result.json').write_text(json.dumps(result))
+    records.write_jsonl(str(cell / name / 'evaluations.jsonl'), history)
+
+  def row(step, seconds, errors):
+    return {'step': step, 'train_seconds': seconds, **{f'eval/error_k{k}': e for k, e in enumerate(errors)}}
+
+  run('khop-full', 'full', [row(500, 100.0, [0.0, 0.5]), row(1000, 200.0, [0.0, 0.01])])
+  run('khop-local', 'local', [row(500, 20.0, [0.01, 0.2]), row(1000, 40.0, [0.0, 0.04])])
+  run('khop-anna', 'anna', [row(500, 30.0, [0.0, 0.02])], init_from=str(cell / 'khop-full'))
+  runs = length_table.load_runs(str(tmp_path))
+  anna = next(r for r in runs if r['variant'] == 'anna (warm from full)')
+  assert anna['history'][0]['seconds'] == 230.0  # its source's 200 s first
+  text = '\n'.join(length_table.crossover_rows(runs))
+  assert '| alphabet N / 8 | 128 | 0 | local (20 s, 500 steps) | full (100 s, 500 steps); anna (warm from full) (230 s' \
+         in text
+  assert '| alphabet N / 8 | 128 | 1 | local (40 s, 1000 steps) | full (200 s, 1000 steps); anna' in text
+  assert '| alphabet N / 8 | 128 | local | 1 | 0.0 / 4.0 | 1000 | 2.00 | 40 | 10.0 |' in '\n'.join(
+      length_table.table_rows(runs))
+  assert length_table.time_to_accuracy(runs, 128, 16)[:4] == b'\x89PNG'

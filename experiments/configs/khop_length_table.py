@@ -1,6 +1,7 @@
 """The k-hop length table: every attention kind learning k-hop as the sequence grows, N in {128, 512, 2048}.
 
-  --config=experiments/configs/khop_length_table.py:N,ALPHABET   (default 128,4; ALPHABET 'grow' = N / 8)
+  --config=experiments/configs/khop_length_table.py:N,ALPHABET[,gpu]   (default 128,4; ALPHABET 'grow' = N / 8)
+  --config=experiments/configs/khop_length_table.py:gpu               (8192,grow,gpu)
 
 Two regimes (issue 43): alphabet 4, Sanford et al.'s, where a hop jumps back about 4 positions so every k <= 8
 stays within a window of 64 at any N; and a growing alphabet N / 8, where a hop jumps back about N / 8 positions,
@@ -23,34 +24,45 @@ Per kind, the settings scale with N:
                 it within 1 of full attention at N = 32 (experiments/results/reasoning/, section 18), with the
                 sub-quadratic 'colliding' gradient (16 of the tables, windows of 16 keys: anna_jax.collision_gradient)
 The exact commands: experiments/scripts/khop_length_table.sh; the table, heat maps and time-to-accuracy plots:
-  python -m experiments.studies.length_table --workdir=runs/khop_length --out=experiments/results/khop_length_table
-GPU scale (the device check, or a GPU host): experiments/configs/khop_length_gpu.py (N = 8K to 64K).
+  python -m experiments.length_table --workdir=runs/khop_length --out=experiments/results/khop_length_table
+GPU scale (',gpu', for N = 8K to 64K on a GPU host): 16,384 tokens a step and 20,000 steps, evaluation every
+1,000; the same model and kinds. Not run yet (no GPU lent); its train steps are timed by the device check
+(benchmarks/device_check.sh, benchmarks/scripts/long_train_step.py). Launch, one run per GPU, e.g.:
+  python -m launch.launch --target=local --num_shards=5 --gpus=5 --workdir=runs/khop_length_gpu/n32768_a4096 -- \
+      --mode=train --config=experiments/configs/khop_length_table.py:32768,grow,gpu
 """
 
 import math
 
 from experiments.configs import default
 
-TOKENS_PER_STEP = 1024
+TOKENS_PER_STEP = {'cpu': 1024, 'gpu': 16384}
+STEPS = {'cpu': 5_000, 'gpu': 20_000}
 WINDOW = 64  # local attention's keys before each query
 
 
 def parse(arg):
-  """'N,ALPHABET' -> (n, alphabet); ALPHABET 'grow' is N / 8."""
-  n, alphabet = (arg or '128,4').split(',')
-  n = int(n)
-  return n, n // 8 if alphabet == 'grow' else int(alphabet)
+  """'N,ALPHABET[,gpu]' or 'gpu' -> (n, alphabet, scale); ALPHABET 'grow' is N / 8."""
+  parts = (arg or '128,4').split(',')
+  if parts == ['gpu']:
+    parts = ['8192', 'grow', 'gpu']
+  scale = parts.pop() if parts[-1] in ('cpu', 'gpu') else 'cpu'
+  if len(parts) != 2:
+    raise ValueError(f"khop_length_table takes 'N,ALPHABET[,gpu]' or 'gpu', got {arg!r}")
+  n = int(parts[0])
+  return n, n // 8 if parts[1] == 'grow' else int(parts[1]), scale
 
 
 def get_config(arg=''):
-  n, alphabet = parse(arg)
+  n, alphabet, scale = parse(arg)
   c = default.get_config()
   c.task.khop.n, c.task.khop.max_k, c.task.khop.alphabet = n, 8, alphabet
   c.model.depth, c.model.width, c.model.num_heads = 4, 64, 4
-  c.train.steps, c.train.batch_size = 5_000, max(1, TOKENS_PER_STEP // n)
+  c.train.steps, c.train.batch_size = STEPS[scale], max(1, TOKENS_PER_STEP[scale] // n)
   c.optim.learning_rate, c.optim.warmup_steps = 1e-3, 200
-  c.train.log_every, c.evaluation.every, c.evaluation.batches = 500, 500, 8
-  c.train.checkpoint_every, c.train.keep_checkpoints = 500, 1
+  every = 500 if scale == 'cpu' else 1_000
+  c.train.log_every, c.evaluation.every, c.evaluation.batches = every, every, 8
+  c.train.checkpoint_every, c.train.keep_checkpoints = every, 1
   c.attention.local.window = WINDOW
   c.attention.lowrank.num_features = 64
   c.attention.reformer.update(dict(num_rounds=2, num_buckets=max(2, n // 32), chunk_size=32))
