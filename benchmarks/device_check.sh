@@ -5,6 +5,8 @@
 #      every kind up to some length);
 #   2. the induction-heads train step's speed and share of its FLOP bound, plain and in 4 microbatches
 #      (benchmarks/scripts/train_step_speed.py; issue 31, item 2 measured on CPU only so far);
+#   2b. whole-model k-hop train steps at long N, every kind (benchmarks/scripts/long_train_step.py; issue 44):
+#      LONG_LENGTHS (default 8192,32768,65536; empty skips it), LONG_VARIANTS (default: every variant);
 #   3. what time is left: the induction-heads Figure 1b surrogate (experiments/configs/induction_paper.py, beta 1),
 #      trained under a time limit that checkpoints and evaluates; running the check again resumes it.
 # Usage:  make device-check OUT=results/device_check     (or: sh benchmarks/device_check.sh OUT)
@@ -33,6 +35,12 @@ done
 $PY benchmarks/scripts/train_step_speed.py --config=experiments/configs/induction_paper.py \
     --settings="${SPEED_SETTINGS:-1:1,1:4}" --rounds=3 ${TRAIN_FLAGS:-} --out="$OUT/train_step_speed.md" \
     > "$OUT/train_step_speed.log" 2>&1
+LONG_LENGTHS=${LONG_LENGTHS-8192,32768,65536}
+if [ -n "$LONG_LENGTHS" ]; then
+  $PY benchmarks/scripts/long_train_step.py --lengths="$LONG_LENGTHS" --rounds=3 --reps=3 \
+      ${LONG_VARIANTS:+"--variants=$LONG_VARIANTS"} \
+      --out="$OUT/long_train_step.md" > "$OUT/long_train_step.log" 2>&1 || true
+fi
 left=$((TOTAL - ($(date +%s) - start) - 40))
 TRAIN_SECONDS=${TRAIN_SECONDS:-$left}
 if [ "$TRAIN_SECONDS" -gt 0 ]; then

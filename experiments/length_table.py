@@ -109,6 +109,7 @@ def time_to_accuracy(runs, n, alphabet):
   ax.set_xscale('log')
   ax.set_xlabel('training seconds (log; a warm start includes its source run)')
   ax.set_ylabel('largest k solved')
+  ax.yaxis.set_major_locator(plots.MaxNLocator(integer=True))
   ax.set_title(f'k-hop, N = {n}, {regime(n, alphabet)}', fontsize=9)
   ax.legend(fontsize=7)
   return plots.png(fig)[0]

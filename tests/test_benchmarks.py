@@ -121,10 +121,12 @@ def test_measure_runs_in_process_from_a_settings_object():
 @pytest.mark.slow
 def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
   # benchmarks/device_check.sh as `make device-check` runs it, shrunk: two lengths, one kind, a 1 s scaling
-  # budget (so the second length is skipped: the budget works), the train step's speed, then the induction
+  # budget (so the second length is skipped: the budget works), the train step's speed, the long-N train step
+  # benchmark at N = 64 for two kinds, then the induction
   # surrogate for 2 s (a tiny model), which must stop on its time limit with a checkpoint and a result the same command resumes.
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu', PYTHON=sys.executable, LENGTHS='64,128',
              KINDS='anna_softmax', SCALING_SECONDS='1', REPEATS='1', TRAIN_SECONDS='2', SPEED_SETTINGS='1:1',
+             LONG_LENGTHS='64', LONG_VARIANTS='full,anna (colliding ST)',
              TRAIN_FLAGS='--config.model.width=16 --config.task.khop.n=16 --config.evaluation.test_size=8 '
                          '--config.train.batch_size=4 --config.train.log_every=1')
   out = tmp_path / 'check'
@@ -143,6 +145,8 @@ def test_device_check_runs_in_a_reduced_form_on_cpu(tmp_path):
   assert (run / 'checkpoints' / str(trained['steps'])).is_dir()
   speed = (out / 'train_step_speed.md').read_text()  # the same tiny model's step
   assert '| 1 | 1 |' in speed and 'share of the FLOP bound' in speed
+  long_steps = (out / 'long_train_step.md').read_text()  # the k-hop length model's whole train step, two kinds
+  assert '| 64 | full |' in long_steps and '| 64 | anna (colliding ST) |' in long_steps and '| ok |' in long_steps
   assert 'finished' in (out / 'device.txt').read_text()
 
 
