@@ -28,7 +28,9 @@ queries output zeros, padded keys are never counted.
 
 Gradients: the output is linear in v, so v gets exact gradients; the bucket assignment is piecewise constant in
 q and k, so q and k get none (zero). A model trained with `anna` cannot learn its queries and keys: the paper
-trains the `unit_softmax` surrogate and swaps Algorithm 1 in for evaluation.
+trains the `unit_softmax` surrogate and swaps Algorithm 1 in for evaluation. Ours besides: `straight_through`
+keeps this forward and gives q and k a collision kernel's gradient, densely or from the colliding pairs
+(`anna_jax.collision_gradient`).
 """
 
 import dataclasses
@@ -55,7 +57,8 @@ class ANNAConfig:
   straight_through: bool = False
   # Which pairs that gradient reads (anna_jax.collision_gradient): 'all', the dense kernel (O(n^2) per call; a
   # sequence split over devices is gathered for it), or 'colliding', the pairs Algorithm 1's tables collide,
-  # weighted by their counts (O(n * tables * window): no n x n tensor).
+  # weighted by their counts (O(n * tables * window): no n x n tensor; one device only so far: under a mesh that
+  # splits sequences the dense kernel serves).
   straight_through_pairs: str = 'all'
   straight_through_tables: int = 0  # 'colliding': the first this many tables feed the gradient (0: all)
   straight_through_window: int = 16  # 'colliding': keys of its bucket each query is scored against, per table

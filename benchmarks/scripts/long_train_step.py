@@ -10,7 +10,8 @@ FLOP bound (those FLOPs at the matmul peak measured in the same run; the C++ ker
 so for anna and anna_softmax on CPU the share is a floor), and the ratio to the fastest exact variant at that N.
 Every (N, variant) runs in its own process, one after another (the peak resident memory is then its own); run it
 with nothing else running on the machine. A variant whose compiled step would need more than --memory_gb is not
-run: its row says so, with its time estimated from the previous length's (x (N / N')^2, marked as an estimate).
+run, nor one whose step estimated from its previous length (x (N / N')^2 for the quadratic variants, x N / N' for
+the others) exceeds --max_step_seconds: its row says so, with that estimate marked as one.
 """
 
 import json
@@ -41,12 +42,15 @@ VARIANTS = {
     'lowrank': ('lowrank', {}),
 }
 EXACT = ('full', 'full_blockwise')
+QUADRATIC = EXACT + ('local',)  # local runs XLA's masked dense attention: its step grows as N^2 here too
 
 LENGTHS = flags.DEFINE_list('lengths', ['2048', '8192', '32768'], 'sequence lengths N')
 ONLY = flags.DEFINE_list('variants', list(VARIANTS), 'variants to run (labels of VARIANTS)')
 REPS = flags.DEFINE_integer('reps', 2, 'steps per timing')
 ROUNDS = flags.DEFINE_integer('rounds', 3, 'timings per (N, variant); the median is reported')
 MEMORY_GB = flags.DEFINE_float('memory_gb', 16.0, 'skip a step whose compiled memory exceeds this')
+MAX_STEP_SECONDS = flags.DEFINE_float('max_step_seconds', 60.0, 'skip a variant whose step, estimated from its '
+                                      'previous length, would exceed this')
 OUT = flags.DEFINE_string('out', '', 'markdown file to write (default: print only); raw rows go beside it (.jsonl)')
 ONE = flags.DEFINE_string('one', '', 'internal: N:label, measure one point in this process and print it as JSON')
 
@@ -103,6 +107,14 @@ def run_point(n, label):
   return {'n': n, 'variant': label, 'status': f'failed (exit {done.returncode}): {tail[:160]}'}
 
 
+def estimate(label, n, previous):
+  """A variant's step seconds at n from its last measured (length, seconds), or None."""
+  if label not in previous:
+    return None
+  m, seconds = previous[label]
+  return seconds * (n / m) ** (2 if label in QUADRATIC else 1)
+
+
 def table(rows, peak):
   lines = ['| N | variant | ms per step | vs fastest exact | compiled step memory (MiB) | peak RSS (MiB) | XLA GFLOP | '
            'share of the FLOP bound | status |', '|---|---|---|---|---|---|---|---|---|']
@@ -115,8 +127,10 @@ def table(rows, peak):
       seconds = r.get('seconds')
       note = r['status']
       if seconds is None and r['variant'] in previous:
-        m, before = previous[r['variant']]
-        note += f'; estimate {before * (n / m) ** 2 * 1e3:.0f} ms (its N = {m} step x (N / {m})^2)'
+        m = previous[r['variant']][0]
+        power = '^2' if r['variant'] in QUADRATIC else ''
+        note += (f'; estimate {estimate(r["variant"], n, previous) * 1e3:.0f} ms (its N = {m} step x '
+                 f'(N / {m}){power})')
       if seconds is not None:
         previous[r['variant']] = (n, seconds)
       ratio = f'{fastest / seconds:.2f}x' if seconds and fastest else ''
@@ -135,10 +149,16 @@ def main(_):
     print(json.dumps(measure_one(int(n), label)))
     return
   peak = matmul_peak(jnp.float32) * 1e9
-  rows = []
-  for n in (int(x) for x in LENGTHS.value):
+  rows, previous = [], {}
+  for n in sorted(int(x) for x in LENGTHS.value):
     for label in ONLY.value:
-      rows.append(run_point(n, label))
+      guess = estimate(label, n, previous)
+      if guess is not None and guess > MAX_STEP_SECONDS.value:
+        rows.append({'n': n, 'variant': label, 'status': f'not run: estimated {guess:.0f} s > {MAX_STEP_SECONDS.value:g}'})
+      else:
+        rows.append(run_point(n, label))
+      if 'seconds' in rows[-1]:
+        previous[label] = (n, rows[-1]['seconds'])
       print(json.dumps(rows[-1]), flush=True)
   text = '\n'.join([
       '# Whole-model train steps as N grows (k-hop length-table model: depth 4, width 64, 4 heads, one sequence)', '',
