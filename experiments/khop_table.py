@@ -13,7 +13,6 @@ one fixed cell). Writes khop_table.md, khop_table.png and results.jsonl (every r
 import os
 import re
 
-import numpy as np
 from absl import app, flags
 
 from anna_jax import registry

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from anna_jax import attention
+from anna_jax.kinds import anna as anna_kind
 from experiments import experiment, grid, train
 from tests.test_experiments import ROOT, TINY_KHOP, params_of, tiny_config
 
@@ -20,8 +20,8 @@ def test_data_and_sequence_parallel_over_8_devices_match_one_device(tmp_path, mo
   over = {'task.khop.n': 15, 'attention.kind': 'unit_softmax', 'evaluation.attention': 'anna',
           'evaluation.test_size': 16}
   traced = []  # which runs traced the sequence-parallel anna
-  sharded_anna = attention.sequence_parallel_anna
-  monkeypatch.setattr(attention, 'sequence_parallel_anna',
+  sharded_anna = anna_kind.sequence_parallel_anna
+  monkeypatch.setattr(anna_kind, 'sequence_parallel_anna',
                       lambda *args, **kwargs: traced.append(name) or sharded_anna(*args, **kwargs))
   results, cells, params = [], [], []
   for name, devices in (('one', {'train.num_devices': 1}),
