@@ -62,6 +62,9 @@ class ANNAConfig:
   straight_through_pairs: str = 'all'
   straight_through_tables: int = 0  # 'colliding': the first this many tables feed the gradient (0: all)
   straight_through_window: int = 16  # 'colliding': keys of its bucket each query is scored against, per table
+  # The CPU paths' block sizes and budgets (anna_jax.plans.Tuning): speed and memory only, never a number. The
+  # functions take it from here unless given one (their `tuning` argument).
+  tuning: plans.Tuning = plans.DEFAULT_TUNING
 
   def __post_init__(self):  # a config that exists is valid
     self.validate()
@@ -228,14 +231,14 @@ def anna_attention(q, k, v, projections, config, *, mask=None, causal=False, tun
     config: ANNAConfig (its family is read here; tables and hashes come from the projections' shape).
     mask: optional (batch, n) bool, True for real tokens.
     causal: query i only counts keys j <= i.
-    tuning: the CPU kernel's `plans.Tuning` (None: the defaults); it changes speed and memory, never a number.
+    tuning: the CPU kernel's `plans.Tuning` (None: config.tuning); it changes speed and memory, never a number.
   Returns:
     (output of v's shape and dtype, ANNAStats). Gradients flow to v only (see the module docstring).
   """
   batch, n = q.shape[:2]
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
   q_valid = valid[:, :, None]
-  plan = plans.resolve(config.loop_plan, 'anna', tuning)
+  plan = plans.resolve(config.loop_plan, 'anna', tuning or config.tuning)
   # The ids are int32 (batch, n, heads, tables): every table hashed up front (one projection per input).
   q_ids, k_ids, num_ids = bucket_ids(q, k, projections, config.family, plan)
   if plan.kernel:

@@ -355,7 +355,7 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
     config: ANNASoftmaxConfig (family, chunk_size, window, weighting are read here).
     mask: optional (batch, n) bool, True for real tokens. Padded queries output zeros.
     causal: query i only sees keys j <= i.
-    tuning: the CPU paths' `plans.Tuning` (None: the defaults); it changes speed and memory, never a number.
+    tuning: the CPU paths' `plans.Tuning` (None: config.tuning); it changes speed and memory, never a number.
   Returns:
     (output of shape (batch, n, heads, head_dim), ANNASoftmaxStats)
   """
@@ -369,7 +369,7 @@ def anna_softmax_attention(q, k, v, projections, config, *, mask=None, causal=Fa
   window = min(config.window, n_pad)
   check_sort_key(num_buckets, n_pad)
   valid = jnp.ones((batch, n), bool) if mask is None else mask.astype(bool)
-  plan = plans.resolve(config.loop_plan, 'anna_softmax', tuning)
+  plan = plans.resolve(config.loop_plan, 'anna_softmax', tuning or config.tuning)
   if plan.kernel:
     return _kernel_attention(q, k, v, projections, config, valid, key_slots=n_pad, window=window, causal=causal,
                              tuning=plan.tuning)

@@ -40,6 +40,7 @@ class ReformerConfig:
   chunk_size: int = 64  # sorted tokens per chunk; each chunk attends to itself and the previous one
   loop_plan: str = 'auto'  # 'auto', 'accelerator', 'cpu_xla' or 'cpu_kernel' (no kernel: its cpu_xla loops)
   resample_hashes: bool = False  # False: rotations fixed per layer; True: redrawn every call
+  tuning: plans.Tuning = plans.DEFAULT_TUNING  # its CPU loops' budgets (speed and memory, never a number)
 
   def __post_init__(self):  # a config that exists is valid
     self.validate()
@@ -155,7 +156,7 @@ def reformer_attention(q, k, v, rotations, config, *, mask=None, causal=False, t
   q, keys, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, keys, v))
   buckets = jnp.pad(buckets, ((0, 0), (0, 0), (0, 0), (0, pad)))
   valid = jnp.pad(valid, ((0, 0), (0, pad)))
-  plan = plans.resolve(config.loop_plan, 'reformer', tuning, has_kernel=False)
+  plan = plans.resolve(config.loop_plan, 'reformer', tuning or config.tuning, has_kernel=False)
   row = functools.partial(_row, num_buckets=config.num_buckets, chunk=chunk, causal=causal, plan=plan)
 
   def rows(x):

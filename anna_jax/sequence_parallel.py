@@ -129,8 +129,8 @@ def sequence_parallel_anna_softmax(q, k, v, projections, config, mesh, *, axis=S
   q, k, v, valid, projections = lay_out(mesh, seq, q, k, v, valid, projections)
   local = functools.partial(_local, num_devices=num_devices, capacity=capacity, num_buckets=num_buckets,
                             span=n, config=config, causal=causal, axis=axis, every_axis=every_axis,
-                            plan=plans.resolve(config.loop_plan, 'sequence_parallel_anna_softmax', tuning,
-                                               has_kernel=False))
+                            plan=plans.resolve(config.loop_plan, 'sequence_parallel_anna_softmax',
+                                               tuning or config.tuning, has_kernel=False))
   out, dropped, collisions, overflow = jax.shard_map(
       local, mesh=mesh, in_specs=(seq, seq, seq, P(), seq), out_specs=(seq, P(), P(), P()))(
           q, k, v, projections, valid)
@@ -284,7 +284,8 @@ def sequence_parallel_anna(q, k, v, projections, config, mesh, *, axis=SEQUENCE_
   seq, every_axis = token_layout(mesh, axis, batch)
   q, k, v, valid, projections = lay_out(mesh, seq, q, k, v, valid, projections)
   spec = _SequenceSpec(axis=axis, every_axis=every_axis, num_devices=num_devices, num_ids=num_ids,
-                       capacity=capacity, plan=plans.resolve(config.loop_plan, 'sequence_parallel_anna', tuning),
+                       capacity=capacity,
+                       plan=plans.resolve(config.loop_plan, 'sequence_parallel_anna', tuning or config.tuning),
                        dense=num_ids <= n_local,
                        tables_per_exchange=tables_per_exchange)
   local = functools.partial(_anna_local, spec=spec, family=config.family, causal=causal)

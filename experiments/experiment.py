@@ -143,13 +143,31 @@ class Experiment:
   fields: dict  # 'section.field' -> value for every field this run reads (unused kinds' sections left out)
 
 
+def _as_section(value):
+  """A field's default as a config value: a dataclass (e.g. a kind's plans.Tuning) becomes a section of its own."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return ml_collections.ConfigDict({f.name: _as_section(getattr(value, f.name)) for f in dataclasses.fields(value)})
+  return value
+
+
 def section(cls, **overrides):
-  """A config section with every field of dataclass `cls` at its default (or the override)."""
-  values = {f.name: f.default for f in dataclasses.fields(cls)}
+  """A config section with every field of dataclass `cls` at its default (or the override); a field whose default
+  is a dataclass is a section too, so its fields are set as any other (attention.anna.tuning.token_budget)."""
+  values = {f.name: _as_section(f.default) for f in dataclasses.fields(cls)}
   unknown = set(overrides) - set(values)
   if unknown:
     raise KeyError(f'{cls.__name__} has no field {sorted(unknown)}')
   return ml_collections.ConfigDict({**values, **overrides})
+
+
+def from_section(cls, section_):
+  """cls(**section_), the fields that `section` made sections of built back into their dataclasses."""
+  values = dict(section_)
+  for f in dataclasses.fields(cls):
+    default = f.default
+    if dataclasses.is_dataclass(default) and isinstance(values.get(f.name), (dict, ml_collections.ConfigDict)):
+      values[f.name] = from_section(type(default), values[f.name])
+  return cls(**values)
 
 
 def model_section(**overrides):
@@ -250,7 +268,7 @@ def attention_config(section_, **kind_override):
   missing = [kind.name for kind in registry.kinds() if kind.name not in section_]
   if missing:
     raise KeyError(f"'attention.{missing[0]}': the config has no section for the registered kind {missing[0]!r}")
-  sections = {kind.name: kind.config(**section_[kind.name]) for kind in registry.kinds()}
+  sections = {kind.name: from_section(kind.config, section_[kind.name]) for kind in registry.kinds()}
   return AttentionConfig(kind=kind_override.get('kind', section_.kind), **sections)
 
 

@@ -10,7 +10,8 @@ or evaluated under the new settings' name.
 
 Fields that do not change a run's numbers, and so may differ (`UNRECORDED`): how many steps (more continues the
 run, fewer stops it), how often it logs, evaluates and checkpoints, how many checkpoints it keeps, its time limit,
-and how many devices and microbatches it is split over (the same numbers up to float reduction order). The grid
+and how many devices and microbatches it is split over (the same numbers up to float reduction order), and a kind's
+CPU tuning (attention.<kind>.tuning.*: speed and memory only). The grid
 compares only what made the weights (`training_fields`: the evaluation section may differ, its cells are keyed by
 it), and the sections of attention kinds the run neither trains nor evaluates with (the grid's own `anna`) never count.
 Runs from before these records (a result.json or checkpoints, no config.json) are compared with their
@@ -55,7 +56,8 @@ def run_fields(x):
   fields = {}
   for path, value in x.fields.items():
     parts = path.split('.')
-    if path in UNRECORDED or (parts[0] == 'attention' and len(parts) > 2 and parts[1] not in kinds):
+    unused_kind = parts[0] == 'attention' and len(parts) > 2 and parts[1] not in kinds
+    if path in UNRECORDED or 'tuning' in parts or unused_kind:
       continue
     fields[path] = _plain(value)
   return fields

@@ -440,3 +440,18 @@ def test_length_table_charges_warm_starts_and_finds_who_reaches_each_k_first(tmp
   assert '| alphabet N / 8 | 128 | local | 1 | 0.0 / 4.0 | 1000 | 2.00 | 40 | 10.0 |' in '\n'.join(
       length_table.table_rows(runs))
   assert length_table.time_to_accuracy(runs, 128, 16)[:4] == b'\x89PNG'
+
+
+def test_a_hashing_kinds_tuning_is_set_from_the_config_and_reaches_its_plan(monkeypatch):
+  from anna_jax import plans
+  from anna_jax.model import Transformer
+  c = tiny_config({'attention.kind': 'anna', 'attention.anna.tuning.token_budget': 1024})
+  x = experiment.build(c)
+  assert x.model.attention.anna.tuning == plans.Tuning(token_budget=1024)
+  assert not any('tuning' in path for path in records.run_fields(x))  # speed only: a run resumes with any
+  resolved = []
+  real = plans.resolve
+  monkeypatch.setattr(plans, 'resolve', lambda *a, **kw: resolved.append(a) or real(*a, **kw))
+  model = Transformer(x.model, rngs=nnx.Rngs(0))
+  model(jnp.zeros((1, 9), jnp.int32))
+  assert resolved and all(a[2] == plans.Tuning(token_budget=1024) for a in resolved)

@@ -45,7 +45,7 @@ class ANNAAttention(HashingAttention):
       out = collision_gradient.straight_through(
           out, q, k, jax.lax.stop_gradient(v), counts.astype(jnp.float32), projections, valid, causal,
           self.config.straight_through_tables, self.config.straight_through_window,
-          plans.resolve(self.config.loop_plan, 'anna straight-through'))
+          plans.resolve(self.config.loop_plan, 'anna straight-through', self.config.tuning))
     elif self.config.straight_through:  # the dense kernel, on one device and sequence-parallel alike
       out = with_kernel_gradient(out, q, k, v, self.config.num_hashes, mask, causal)
     return out, {name: stats[name] for name in ('no_collision_fraction', 'mean_collisions')}

@@ -154,7 +154,8 @@ def main(_):
     for label in ONLY.value:
       guess = estimate(label, n, previous)
       if guess is not None and guess > MAX_STEP_SECONDS.value:
-        rows.append({'n': n, 'variant': label, 'status': f'not run: estimated {guess:.0f} s > {MAX_STEP_SECONDS.value:g}'})
+        status = f'not run: estimated {guess:.0f} s > {MAX_STEP_SECONDS.value:g}'
+        rows.append({'n': n, 'variant': label, 'status': status})
       else:
         rows.append(run_point(n, label))
       if 'seconds' in rows[-1]:
