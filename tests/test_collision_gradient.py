@@ -22,23 +22,25 @@ def unit_qkvg(n, batch=2, heads=2, dim=8, seed=0):
   return unit_norm(q), unit_norm(k), v, g
 
 
-def sampled(q, k, v, g, projections, mask, causal, tables=0, window=1024, path='cpu_xla'):
+def sampled(q, k, v, g, projections, mask, causal, tables=0, window=1024, path='cpu_xla', dense_up_to=0):
+  """The 'colliding' gradient; dense_up_to=0: the sorted layout (long rows'), else the dense one."""
   valid = jnp.ones(q.shape[:2], bool) if mask is None else mask
   out, stats = anna_attention(q, k, v, projections, ANNAConfig(num_tables=projections.shape[1],
                                                                num_hashes=projections.shape[-1]),
                               mask=mask, causal=causal)
   return jax.jit(lambda *a: colliding_gradient(*a, causal=causal, tables=tables, window=window,
-                                               plan=plans.Plan(path)))(q, k, v, out, stats.counts, g, projections,
+                                               plan=plans.Plan(path), dense_up_to=dense_up_to))(q, k, v, out, stats.counts, g, projections,
                                                                        valid)
 
 
 @pytest.mark.parametrize('causal', [True, False])
 @pytest.mark.parametrize('tables', [0, 3])
-def test_colliding_gradient_is_its_dense_definition_when_windows_hold_every_bucket(causal, tables):
+@pytest.mark.parametrize('dense_up_to', [0, 512])
+def test_colliding_gradient_is_its_dense_definition_when_windows_hold_every_bucket(causal, tables, dense_up_to):
   q, k, v, g = unit_qkvg(40)
   mask = jnp.arange(40)[None, :] < jnp.asarray([40, 31])[:, None]
   projections = draw_projections(jax.random.key(1), 2, 8, ANNAConfig(num_tables=5, num_hashes=2))
-  dq, dk = sampled(q, k, v, g, projections, mask, causal, tables=tables)
+  dq, dk = sampled(q, k, v, g, projections, mask, causal, tables=tables, dense_up_to=dense_up_to)
   want_dq, want_dk = colliding_gradient_reference(q, k, v, g, projections, tables=tables, mask=mask, causal=causal)
   assert float(jnp.max(jnp.abs(want_dq))) > 1e-2 and float(jnp.max(jnp.abs(want_dk))) > 1e-2
   np.testing.assert_allclose(dq, want_dq, atol=2e-5, rtol=1e-4)
@@ -46,13 +48,16 @@ def test_colliding_gradient_is_its_dense_definition_when_windows_hold_every_buck
   assert not np.any(np.asarray(dq)[1, 31:]) and not np.any(np.asarray(dk)[1, 31:])  # padding gets nothing
 
 
-def test_colliding_gradient_plans_agree_and_narrow_windows_leave_pairs_out():
+@pytest.mark.parametrize('causal', [True, False])
+def test_colliding_gradient_layouts_and_plans_agree_where_narrow_windows_leave_pairs_out(causal):
   q, k, v, g = unit_qkvg(130, batch=1)
   projections = draw_projections(jax.random.key(2), 2, 8, ANNAConfig(num_tables=4, num_hashes=1))
-  wide = sampled(q, k, v, g, projections, None, True)
-  narrow = [sampled(q, k, v, g, projections, None, True, window=8, path=path) for path in ('cpu_xla', 'accelerator')]
-  np.testing.assert_allclose(narrow[0][0], narrow[1][0], atol=1e-5)
-  np.testing.assert_allclose(narrow[0][1], narrow[1][1], atol=1e-5)
+  wide = sampled(q, k, v, g, projections, None, causal)
+  narrow = [sampled(q, k, v, g, projections, None, causal, window=8, path=path, dense_up_to=dense)
+            for path, dense in (('cpu_xla', 0), ('accelerator', 0), ('cpu_xla', 512))]
+  for other in narrow[1:]:  # the sorted layout on both plans, and the dense layout: the same pairs
+    np.testing.assert_allclose(other[0], narrow[0][0], atol=1e-5)
+    np.testing.assert_allclose(other[1], narrow[0][1], atol=1e-5)
   # Buckets of about 65 keys: a window of 8 drops most pairs, so the gradient changes (and stays finite).
   assert np.all(np.isfinite(narrow[0][0])) and not np.allclose(narrow[0][0], wide[0], atol=1e-3)
 
