@@ -1,5 +1,5 @@
 """Whole-model train steps as N grows: the k-hop length table's model (depth 4, width 64, 4 heads) with every
-attention kind, at N in {2K, 8K, 32K}, one sequence a step (N tokens: batches sized by tokens).
+attention kind, at N in {2K, 8K, 32K}, its batches of 1,024 tokens (one sequence a step from N = 1024 on).
 
   python benchmarks/scripts/long_train_step.py --lengths=2048,8192,32768 \
       --out=benchmarks/results/long_train_step/cpu.md
@@ -58,9 +58,8 @@ ONE = flags.DEFINE_string('one', '', 'internal: N:label, measure one point in th
 def config_for(n, label):
   from experiments.configs import khop_length_table  # noqa: PLC0415
   kind, overrides = VARIANTS[label]
-  c = khop_length_table.get_config(f'{n},grow')
+  c = khop_length_table.get_config(f'{n},grow')  # batches of 1,024 tokens: one sequence from N = 1024 on
   c.attention.kind = kind
-  c.train.batch_size = 1
   for path, value in overrides.items():
     node = c
     *parents, name = path.split('.')
@@ -162,7 +161,8 @@ def main(_):
         previous[label] = (n, rows[-1]['seconds'])
       print(json.dumps(rows[-1]), flush=True)
   text = '\n'.join([
-      '# Whole-model train steps as N grows (k-hop length-table model: depth 4, width 64, 4 heads, one sequence)', '',
+      '# Whole-model train steps as N grows (k-hop length-table model: depth 4, width 64, 4 heads, batches of 1,024 '
+      'tokens or one sequence)', '',
       f'device: {device_name()}; jax {jax.__version__}; {len(os.sched_getaffinity(0))} core(s); each point in its own '
       f'process, one after another; median of {ROUNDS.value} timings of {REPS.value} steps; matmul peak (f32, '
       f'measured in this run) {peak / 1e9:.1f} GFLOP/s', '', table(rows, peak), ''])
