@@ -34,8 +34,18 @@ def variant(result):
   return f'{kind} (warm from full)' if result.fields.get('train.init_from') else kind
 
 
+def stopped_result(run_dir, name, history):
+  """A RunResult (status 'stopped') of a run that has evaluated but not finished (killed, or still training): its
+  recorded fields and its last evaluation; None if it has neither."""
+  fields = records.recorded_fields(run_dir)
+  if not fields or not history:
+    return None
+  last = history[-1]
+  return records.RunResult(name, 'stopped', last['step'], fields, {k: v for k, v in last.items() if '/' in k}, {})
+
+
 def load_runs(workdir):
-  """Every finished k-hop run of the length table: dicts of n, alphabet, variant, result, history (rows with
+  """Every k-hop run of the length table that has evaluated (finished, or stopped with its last evaluation): dicts of n, alphabet, variant, result, history (rows with
   'seconds', training time charged to it, its source's included)."""
   runs, by_dir = [], {}
   for cell in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
@@ -44,11 +54,12 @@ def load_runs(workdir):
       continue
     for name in sorted(os.listdir(os.path.join(workdir, cell, 'runs'))):
       run_dir = os.path.join(workdir, cell, 'runs', name)
-      result = records.read_result(run_dir)
+      history = records.read_history(run_dir)
+      result = records.read_result(run_dir) or stopped_result(run_dir, name, history)
       if result is None or result.fields.get('task.name') != 'khop':
         continue
       run = dict(n=int(match[1]), alphabet=int(match[2]), variant=variant(result), result=result,
-                 history=records.read_history(run_dir), dir=os.path.abspath(run_dir))
+                 history=history, dir=os.path.abspath(run_dir))
       by_dir[run['dir']] = run
       runs.append(run)
   for run in runs:  # charge a warm start its source's training time
@@ -76,7 +87,8 @@ def table_rows(runs):
     seconds = run['history'][-1]['seconds'] if run['history'] else result.info.get('train_seconds', 0.0)
     lines.append(
         f'| {regime(run["n"], run["alphabet"])} | {run["n"]} | {run["variant"]} | {max_k_solved(errors)} | '
-        + ' / '.join(f'{100 * errors[k]:.1f}' for k in sorted(errors)) + f' | {result.steps} | '
+        + ' / '.join(f'{100 * errors[k]:.1f}' for k in sorted(errors)) + f' | {result.steps}'
+        + (' (stopped: its last evaluation)' if result.status == 'stopped' else '') + ' | '
         f'{result.metrics.get("train/steps_per_sec", float("nan")):.2f} | {seconds:.0f} | '
         f'{result.info.get("step_memory_mib", "")} | {result.info.get("peak_rss_mib", "")} |')
   return lines

@@ -455,3 +455,17 @@ def test_a_hashing_kinds_tuning_is_set_from_the_config_and_reaches_its_plan(monk
   model = Transformer(x.model, rngs=nnx.Rngs(0))
   model(jnp.zeros((1, 9), jnp.int32))
   assert resolved and all(a[2] == plans.Tuning(token_budget=1024) for a in resolved)
+
+
+def test_length_table_reads_a_stopped_run_from_its_record_and_last_evaluation(tmp_path):
+  from experiments import length_table
+  run_dir = tmp_path / 'n512_a4' / 'runs' / 'khop-reformer'
+  run_dir.mkdir(parents=True)
+  (run_dir / 'config.json').write_text(json.dumps({'fields': {'task.name': 'khop', 'attention.kind': 'reformer',
+                                                              'train.init_from': ''}}))
+  records.write_jsonl(str(run_dir / 'evaluations.jsonl'),
+                      [{'step': 500, 'train_seconds': 9.0, 'eval/error_k0': 0.01, 'eval/error_k1': 0.5}])
+  (run,) = length_table.load_runs(str(tmp_path))
+  assert run['result'].status == 'stopped' and run['result'].steps == 500
+  assert '| alphabet 4 | 512 | reformer | 0 | 1.0 / 50.0 | 500 (stopped: its last evaluation) |' in '\n'.join(
+      length_table.table_rows([run]))
