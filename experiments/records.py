@@ -28,9 +28,10 @@ import os
 import jax
 from absl import logging
 
+from anna_jax import registry
+from anna_jax.tasks import TASKS
 from anna_jax.tooling import write_atomic
 from experiments import experiment
-from experiments.configs import default
 
 UNRECORDED = ('train.steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
               'train.time_limit_s', 'train.num_devices', 'train.sequence_devices', 'train.microbatches',
@@ -82,7 +83,15 @@ def recorded_fields(run_dir):
 
 @functools.cache
 def _defaults():
-  return {path: _plain(value) for path, value in experiment.leaves(default.get_config()).items()}
+  """{'section.field': default} of every dataclass the config tree is built from (a field added to the code later
+  counts as its dataclass default, whatever a user config sets)."""
+  sections = {'train': experiment.TrainConfig, 'optim': experiment.OptimConfig, 'evaluation': experiment.EvalConfig,
+              **{f'task.{name}': task for name, task in TASKS.items()},
+              **{f'attention.{kind.name}': kind.config for kind in registry.kinds()}}
+  tree = {name: experiment.section(cls) for name, cls in sections.items()}
+  tree['model'] = experiment.model_section()
+  return {path: _plain(value) for name, node in tree.items()
+          for path, value in experiment.leaves(node, f'{name}.').items()}
 
 
 def differences(recorded, wanted):
