@@ -162,7 +162,7 @@ def memory_info(compiled):
   if analysis is not None:
     info['step_memory_mib'] = mib(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
                                   - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
-  device_stats = jax.devices()[0].memory_stats() or {}
+  device_stats = jax.local_devices()[0].memory_stats() or {}  # this process's device (multi-process runs)
   if 'peak_bytes_in_use' in device_stats:
     info['device_peak_mib'] = mib(device_stats['peak_bytes_in_use'])
   return info
