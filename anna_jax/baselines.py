@@ -87,13 +87,19 @@ def unit_softmax_attention(q, k, v, *, beta, mask=None, causal=False, collision_
   return out
 
 
+def collision_log_kernel(cos, hashes):
+  """log p^z, p = 1 - angle / pi: the log-probability that a unit query and key with cosine `cos` share a bucket of
+  one table of `hashes` hyperplane hashes."""
+  # arccos' slope is infinite at +-1: clip so that identical directions get a finite gradient.
+  angle = jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6))
+  return hashes * jnp.log1p(-angle / jnp.pi)
+
+
 def collision_kernel_weights(cos, hashes, allowed):
   """p^z / sum p^z over the allowed keys (last axis), p = 1 - angle / pi: the weights Algorithm 1 tends to as its
   tables grow. `cos`: cosines of unit queries and keys, (..., n_q, n_k); `allowed` broadcasts to it; a query with no
   allowed key gets zeros."""
-  # arccos' slope is infinite at +-1: clip so that identical directions get a finite gradient.
-  angle = jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6))
-  weights = jax.nn.softmax(jnp.where(allowed, hashes * jnp.log1p(-angle / jnp.pi), -jnp.inf), axis=-1)
+  weights = jax.nn.softmax(jnp.where(allowed, collision_log_kernel(cos, hashes), -jnp.inf), axis=-1)
   return jnp.where(jnp.any(allowed, axis=-1, keepdims=True), weights, 0.0)
 
 

@@ -36,20 +36,17 @@ import jax.numpy as jnp
 
 from anna_jax import lsh, plans
 from anna_jax.anna_softmax import keys_up_to
+from anna_jax.baselines import collision_log_kernel
 
 # Rows up to this length take the dense layout (`_dense_row_gradient`: the same pairs, every one tested at once),
-# longer ones the sorted one. At N = 33, batch 32, 4 heads, 32 of 256 tables, windows of 8, the sorted layout took
-# 0.38 s a layer on this project's loaded 2-core CPU (2026-12-08): its per-table sorts and gathers are many small ops.
+# longer ones the sorted one, whose per-table sorts and gathers are many small ops on short rows.
 DENSE_UP_TO = 512
 
 
 def score_slope(cos, hashes):
-  """d s / d cos of s = hashes * log(1 - arccos(cos) / pi), zero where the dense kernel clips cos (its arccos'
-  slope is infinite at +-1)."""
-  inside = jnp.abs(cos) < 1.0 - 1e-6
-  safe = jnp.where(inside, cos, 0.0)
-  p = 1.0 - jnp.arccos(safe) / jnp.pi
-  return jnp.where(inside, hashes / (jnp.pi * p * jnp.sqrt(1.0 - safe * safe)), 0.0)
+  """d s / d cos of the collision kernel's log s = `baselines.collision_log_kernel` (the dense kernel's own, clip
+  included), elementwise."""
+  return jax.jvp(lambda c: collision_log_kernel(c, hashes), (cos,), (jnp.ones_like(cos),))[1]
 
 
 def window_keys(q_bucket, k_bucket, valid, *, num_ids, window, causal, plan):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import lsh
+from anna_jax.baselines import collision_log_kernel
 
 
 def collision_counts(q, k, projections, family, mask=None, causal=False, positions=None):
@@ -89,12 +90,11 @@ def colliding_gradient_reference(q, k, v, g, projections, *, tables=0, mask=None
   sampled = collision_counts(q, k, projections[:, :tables], 'hyperplane', mask, causal).astype(jnp.float32)
   per_query = jnp.sum(counts, axis=-1, keepdims=True)
   inverse = jnp.where(per_query > 0, 1.0 / jnp.maximum(per_query, 1.0), 0.0)
-  out = jnp.einsum('bhqk,bkhd->bqhd', counts * inverse, v)
+  out = anna_dense_reference(q, k, v, projections, mask=mask, causal=causal)
   g_dot = jnp.einsum('bqhd,bkhd->bhqk', g, v) - jnp.einsum('bqhd,bqhd->bhq', g, out)[..., None]
 
   def surrogate(q, k):
-    cos = jnp.einsum('bqhd,bkhd->bhqk', q, k)
-    score = hashes * jnp.log1p(-jnp.arccos(jnp.clip(cos, -1.0 + 1e-6, 1.0 - 1e-6)) / jnp.pi)
+    score = collision_log_kernel(jnp.einsum('bqhd,bkhd->bhqk', q, k), hashes)
     weights = total / tables * sampled * jnp.exp(score - jax.lax.stop_gradient(score)) * inverse
     return jnp.sum(weights * g_dot)
 

@@ -73,6 +73,16 @@ def write_atomic(path, data):
     f.write(data)
   os.replace(tmp, path)
 
+def compiled_bytes(compiled):
+  """Memory of a compiled program as XLA plans it: arguments + outputs - what they alias + temporaries (the same
+  on every run of the program); None where the backend gives no analysis."""
+  memory = compiled.memory_analysis()
+  if memory is None:
+    return None
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+             + memory.temp_size_in_bytes)
+
+
 def format_seconds(seconds):
   """'1h02m' or '3m05s'."""
   seconds = int(seconds)

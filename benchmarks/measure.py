@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from anna_jax import oracle
-from anna_jax.tooling import write_atomic
+from anna_jax.tooling import compiled_bytes, write_atomic
 from benchmarks.kinds import analytic_flops, keys_of, make_kind, registration
 
 MODES = ('forward', 'train')  # train = forward + backward (gradients of q, k, v)
@@ -148,10 +148,9 @@ def measure(s, kind, mode, n, budget, peak_gflops, trace_dir=None):
   except Exception as e:  # noqa: BLE001 -- a kind the backend cannot compile is a result, not a crash
     record.status, record.note = ('oom' if 'RESOURCE_EXHAUSTED' in str(e) else 'unsupported'), first_line(e)
     return record
-  memory = compiled.memory_analysis()
-  if memory is not None:
-    record.peak_bytes = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes +
-                            memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  planned = compiled_bytes(compiled)
+  if planned is not None:
+    record.peak_bytes = planned
   if registration(kind).loop_free:  # no loops: XLA's count is right
     record.xla_flops = compiled_flops(compiled)
   if record.peak_bytes > budget:

@@ -16,7 +16,6 @@ import re
 
 from absl import app, flags
 
-from anna_jax.tasks import max_k_solved
 from anna_jax.tooling import fail, flags_parser, write_atomic
 from experiments import metrics, plots, records
 from experiments.plots import heat_maps
@@ -73,7 +72,7 @@ def load_runs(workdir):
 def first_reaching(run, k):
   """(seconds, steps) of the first evaluation at which `run` solved k (every k' <= k below 5%), or None."""
   for row in run['history']:
-    if max_k_solved(metrics.errors_by_k(row)) >= k:
+    if metrics.max_k_solved(metrics.errors_by_k(row)) >= k:
       return row['seconds'], row['step']
   return None
 
@@ -86,7 +85,7 @@ def table_rows(runs):
     result, errors = run['result'], metrics.errors_by_k(run['result'])
     seconds = run['history'][-1]['seconds'] if run['history'] else result.info.get('train_seconds', 0.0)
     lines.append(
-        f'| {regime(run["n"], run["alphabet"])} | {run["n"]} | {run["variant"]} | {max_k_solved(errors)} | '
+        f'| {regime(run["n"], run["alphabet"])} | {run["n"]} | {run["variant"]} | {metrics.max_k_solved(errors)} | '
         + ' / '.join(f'{100 * errors[k]:.1f}' for k in sorted(errors)) + f' | {result.steps}'
         + (' (stopped: its last evaluation)' if result.status == 'stopped' else '') + ' | '
         f'{result.metrics.get("train/steps_per_sec", float("nan")):.2f} | {seconds:.0f} | '
@@ -114,7 +113,7 @@ def time_to_accuracy(runs, n, alphabet):
   """PNG bytes: largest k solved against training seconds, one line per kind, for one (N, alphabet) cell."""
   fig, ax = plots.plt.subplots(figsize=(6, 3.6))
   for run in sorted((r for r in runs if r['n'] == n and r['alphabet'] == alphabet), key=lambda r: r['variant']):
-    points = [(row['seconds'], max_k_solved(metrics.errors_by_k(row))) for row in run['history']]
+    points = [(row['seconds'], metrics.max_k_solved(metrics.errors_by_k(row))) for row in run['history']]
     if points:
       ax.step([run['start_seconds']] + [s for s, _ in points], [-1] + [k for _, k in points], where='post',
               label=run['variant'], marker='.')

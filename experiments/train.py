@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from anna_jax.model import Transformer
-from anna_jax.tooling import SummaryWriter, format_seconds
+from anna_jax.tooling import SummaryWriter, compiled_bytes, format_seconds
 from experiments import checkpoints, experiment, metrics, records
 from experiments.evaluation import Evaluator, shard
 from experiments.optim import make_optimizer, make_schedule
@@ -158,10 +158,9 @@ def memory_info(compiled):
   process's peak resident memory (on CPU that holds the step's, beside everything else the process keeps)."""
   mib = lambda b: round(b / 2**20, 1)
   info = {'peak_rss_mib': mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}
-  analysis = compiled.memory_analysis()
-  if analysis is not None:
-    info['step_memory_mib'] = mib(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                                  - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes)
+  planned = compiled_bytes(compiled)
+  if planned is not None:
+    info['step_memory_mib'] = mib(planned)
   device_stats = jax.local_devices()[0].memory_stats() or {}  # this process's device (multi-process runs)
   if 'peak_bytes_in_use' in device_stats:
     info['device_peak_mib'] = mib(device_stats['peak_bytes_in_use'])

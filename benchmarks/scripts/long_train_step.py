@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from anna_jax.tooling import compiled_bytes  # noqa: E402
 from benchmarks.measure import (compiled_flops, compiled_train_step, device_name, matmul_peak,  # noqa: E402
                                 print_report)
 
@@ -36,7 +37,7 @@ VARIANTS = {
     'full_blockwise': ('full_blockwise', {}),
     'anna (colliding ST)': ('anna', {}),
     'anna (dense ST)': ('anna', {'attention.anna.straight_through_pairs': 'all'}),
-    # The N = 32 recipe's 256 tables cost most of anna's step at long N; with 32 of them:
+    # The N = 32 recipe's 256 tables at long N, against 32 of them:
     'anna (colliding ST; l=32)': ('anna', {'attention.anna.num_tables': 32}),
     'anna_softmax': ('anna_softmax', {}),
     'local': ('local', {}),
@@ -59,16 +60,13 @@ ONE = flags.DEFINE_string('one', '', 'internal: N:label, measure one point in th
 
 
 def config_for(n, label):
+  from experiments import experiment  # noqa: PLC0415
   from experiments.configs import khop_length_table  # noqa: PLC0415
   kind, overrides = VARIANTS[label]
   c = khop_length_table.get_config(f'{n},grow')  # batches of 1,024 tokens: one sequence from N = 1024 on
   c.attention.kind = kind
   for path, value in overrides.items():
-    node = c
-    *parents, name = path.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
+    experiment.set_field(c, path, value)
   return c
 
 
@@ -76,9 +74,7 @@ def measure_one(n, label):
   """One point, in this process: {'n', 'variant', 'seconds', 'step_memory_mib', 'peak_rss_mib', 'flops', ...}."""
   row = {'n': n, 'variant': label}
   trainer, step, args = compiled_train_step(config_for(n, label), num_devices=1, microbatches=1)
-  analysis = step.memory_analysis()
-  row['step_memory_mib'] = round((analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                                  - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes) / 2**20, 1)
+  row['step_memory_mib'] = round(compiled_bytes(step) / 2**20, 1)
   row['flops'] = compiled_flops(step)
   if row['step_memory_mib'] > MEMORY_GB.value * 1024:
     row['status'] = f'not run: its step needs {row["step_memory_mib"] / 1024:.1f} GiB > {MEMORY_GB.value:g}'
